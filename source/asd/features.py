@@ -1,0 +1,132 @@
+"""Segmenting and feature settings, their fingerprint, and the log-mel frontend.
+
+Everything that changes what a shard holds lives in `FeatureConfig`; its fingerprint decides whether a
+cached shard may be reused and whether a trained model may score a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torchaudio
+
+# Bump when the shard layout or the meaning of a stored value changes: old caches are then refused.
+SCHEMA_VERSION = 1
+
+TAIL_POLICIES = ("last", "pad", "drop")
+CHANNEL_POLICIES = ("left", "right", "mean")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How clips become segments and segments become log-mels (SPEC §3, DCASE baseline defaults)."""
+
+    sample_rate: int = 16000
+    segment_seconds: float = 1.0
+    hop_seconds: float = 1.0
+    # What to do with the part of a clip after the last whole segment: "last" adds one segment aligned
+    # to the clip's end (no audio lost, nothing invented), "pad" zero-pads a final segment, "drop"
+    # discards it. Clips shorter than one segment are always zero-padded to one segment and noted.
+    tail: str = "last"
+    # Stereo (DCASE 2026): left = near mic, as DCASE's own baseline reads it.
+    channel: str = "left"
+    n_mels: int = 128
+    n_fft: int = 1024
+    hop_length: int = 512
+    power: float = 2.0
+    f_min: float = 0.0
+    f_max: float | None = None
+    # librosa's defaults, which the DCASE baseline uses: Slaney mel scale and area normalisation.
+    mel_scale: str = "slaney"
+    mel_norm: str | None = "slaney"
+
+    def __post_init__(self) -> None:
+        if self.tail not in TAIL_POLICIES:
+            raise ValueError(f"tail must be one of {TAIL_POLICIES}, not {self.tail!r}")
+        if self.channel not in CHANNEL_POLICIES:
+            raise ValueError(f"channel must be one of {CHANNEL_POLICIES}, not {self.channel!r}")
+        if self.segment_seconds <= 0 or self.hop_seconds <= 0:
+            raise ValueError("segment and hop lengths must be positive")
+        if self.segment_samples < self.n_fft:
+            raise ValueError(f"a segment ({self.segment_samples} samples) is shorter than n_fft ({self.n_fft})")
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.segment_seconds * self.sample_rate))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_seconds * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Log-mel frames per segment (centred STFT, as librosa and torchaudio default to)."""
+        return 1 + self.segment_samples // self.hop_length
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short hash of every setting that changes shard content, plus the schema version."""
+        payload = json.dumps({"schema_version": SCHEMA_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def differences(self, other: dict) -> dict[str, tuple]:
+        """Settings that differ from another config's dict: {name: (theirs, ours)}."""
+        ours = self.to_dict()
+        keys = sorted(set(ours) | set(other))
+        return {k: (other.get(k), ours.get(k)) for k in keys if other.get(k) != ours.get(k)}
+
+
+def segment_starts(n_samples: int, config: FeatureConfig) -> tuple[np.ndarray, bool]:
+    """Start samples of a clip's segments under the tail policy, and whether padding will be needed."""
+    length, hop = config.segment_samples, config.hop_samples
+    if n_samples <= length:
+        return np.zeros(1, dtype=np.int64), n_samples < length
+    starts = list(range(0, n_samples - length + 1, hop))
+    covered = starts[-1] + length
+    if covered < n_samples:
+        if config.tail == "last":
+            starts.append(n_samples - length)
+        elif config.tail == "pad":
+            starts.append(starts[-1] + hop)
+            return np.asarray(starts, dtype=np.int64), True
+    return np.asarray(starts, dtype=np.int64), False
+
+
+def cut_segments(samples: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Cut a mono int16 clip into `[n_segments, segment_samples]`, zero-padding where the policy says."""
+    starts, padded = segment_starts(len(samples), config)
+    length = config.segment_samples
+    if padded:
+        needed = int(starts[-1]) + length
+        samples = np.concatenate([samples, np.zeros(needed - len(samples), dtype=samples.dtype)])
+    windows = np.lib.stride_tricks.sliding_window_view(samples, length)
+    return np.ascontiguousarray(windows[starts]), starts, padded
+
+
+@lru_cache(maxsize=8)
+def _mel_transform(config: FeatureConfig) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
+        f_min=config.f_min, f_max=config.f_max, n_mels=config.n_mels, power=config.power,
+        mel_scale=config.mel_scale, norm=config.mel_norm,
+    )
+
+
+def log_mel(segments_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Log-mel spectrograms `[n, n_mels, n_frames]` (float32) of int16 segments `[n, samples]`.
+
+    Same scale as the DCASE baseline: `(20 / power) * log10(mel + eps)`, i.e. decibels for power 2.
+    """
+    waves = torch.from_numpy(segments_int16.astype(np.float32) / 32768.0)
+    with torch.no_grad():
+        mel = _mel_transform(config)(waves)
+        out = (20.0 / config.power) * torch.log10(mel + sys.float_info.epsilon)
+    return out.numpy().astype(np.float32, copy=False)

@@ -1,0 +1,220 @@
+"""DCASE Task 2 folder layouts and file names, 2020 to 2026, turned into one manifest table.
+
+The file name is the ground truth for section, domain, label and attributes; folders give the split and
+the machine type; `attributes_00.csv` is optional extra information that is only checked (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Folder names that hold clips, and the split each one means. 2021 keeps its test sets per domain.
+SPLIT_FOLDERS: dict[str, str] = {
+    "train": "train",
+    "test": "test",
+    "source_test": "test",
+    "target_test": "test",
+    "supplemental": "supplemental",
+}
+
+MANIFEST_COLUMNS = [
+    "path", "rel_path", "file_name", "dataset", "machine", "split_folder", "split",
+    "section", "domain", "label", "attributes", "clip_number", "style",
+]
+
+# 2021 and later: section_00_source_train_normal_0001_<attributes>.wav, with parts missing in eval sets
+# (section_00_0001.wav in 2022-2024 eval, section_03_source_test_0000.wav in 2021 eval).
+_SECTION_NAME = re.compile(
+    r"^section_(?P<section>\d+)"
+    r"(?:_(?P<domain>source|target))?"
+    r"(?:_(?P<split>train|test))?"
+    r"(?:_(?P<label>normal|anomaly))?"
+    r"_(?P<number>\d+)"
+    r"(?:_(?P<attributes>.*))?$"
+)
+# 2020: normal_id_00_00000000.wav (dev) and id_05_00000000.wav (eval, unlabelled).
+_ID_NAME = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<section>\d+)_(?P<number>\d+)$")
+
+
+@dataclass(frozen=True)
+class ClipName:
+    """What a DCASE file name says about its clip."""
+
+    section: str
+    domain: str  # source | target | unknown
+    label: str  # normal | anomaly | unknown
+    split: str | None  # train | test, when the name says it
+    attributes: str  # "" when the name carries none; "noAttribute" kept as DCASE 2024 writes it
+    clip_number: int
+    style: str  # naming style: "2020" | "2021+" | "eval" (the manifest refines "2021+" to "2021" by folder)
+
+
+class UnparseableName(ValueError):
+    """A file name that follows none of the DCASE naming styles."""
+
+
+def parse_clip_name(file_name: str) -> ClipName:
+    """Parse a DCASE Task 2 file name (any year) into section, domain, label, split and attributes.
+
+    2020 names have machine IDs instead of sections and no domains: the ID goes into `section` and the
+    domain is "source" (2020 has one recording condition). Names without a label are eval clips:
+    label "unknown" (and domain "unknown" when the name has none).
+    """
+    stem = Path(file_name).name
+    if stem.lower().endswith(".wav"):
+        stem = stem[:-4]
+    match = _SECTION_NAME.match(stem)
+    if match:
+        parts = match.groupdict()
+        labelled = parts["label"] is not None
+        return ClipName(
+            section=parts["section"].zfill(2),
+            domain=parts["domain"] or "unknown",
+            label=parts["label"] or "unknown",
+            split=parts["split"],
+            attributes=parts["attributes"] or "",
+            clip_number=int(parts["number"]),
+            style="2021+" if labelled else "eval",
+        )
+    match = _ID_NAME.match(stem)
+    if match:
+        parts = match.groupdict()
+        return ClipName(
+            section=parts["section"].zfill(2),
+            domain="source",
+            label=parts["label"] or "unknown",
+            split=None,
+            attributes="",
+            clip_number=int(parts["number"]),
+            style="2020",
+        )
+    raise UnparseableName(
+        f"{file_name!r} is not a DCASE Task 2 name (expected e.g. "
+        "'section_00_source_train_normal_0001_<attributes>.wav' or 'normal_id_00_00000000.wav')"
+    )
+
+
+def find_machine_dirs(raw_root: Path) -> list[Path]:
+    """Every folder below `raw_root` that holds at least one split folder with wav files, sorted."""
+    raw_root = Path(raw_root)
+    found: set[Path] = set()
+    for split_name in SPLIT_FOLDERS:
+        for split_dir in raw_root.rglob(split_name):
+            if split_dir.is_dir() and any(split_dir.glob("*.wav")):
+                found.add(split_dir.parent)
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was left out of a run, and why."""
+
+    path: str
+    reason: str
+
+
+def scan_raw_root(
+    raw_root: Path, machines: list[str] | None = None
+) -> tuple[pd.DataFrame, list[SkippedFile]]:
+    """Build the manifest of every clip under `raw_root`: one row per parseable wav file.
+
+    Returns the manifest (columns `MANIFEST_COLUMNS`, sorted by dataset, machine, split folder and file
+    name) and the files that were skipped with the reason for each; an unparseable name never aborts.
+    `dataset` is the path from `raw_root` to the machine folder's parent ("." when the machine folders
+    sit directly under `raw_root`).
+    """
+    raw_root = Path(raw_root).resolve()
+    rows: list[dict] = []
+    skipped: list[SkippedFile] = []
+    for machine_dir in find_machine_dirs(raw_root):
+        machine = machine_dir.name
+        if machines and machine not in machines:
+            continue
+        dataset = machine_dir.parent.relative_to(raw_root).as_posix()
+        for split_folder, split in SPLIT_FOLDERS.items():
+            split_dir = machine_dir / split_folder
+            if not split_dir.is_dir():
+                continue
+            for wav in sorted(split_dir.glob("*.wav")):
+                rel = wav.relative_to(raw_root).as_posix()
+                try:
+                    name = parse_clip_name(wav.name)
+                except UnparseableName as err:
+                    skipped.append(SkippedFile(rel, str(err)))
+                    continue
+                if name.split is not None and split in ("train", "test") and name.split != split:
+                    log.warning("%s: name says split %r but it lies in %r; the folder wins",
+                                rel, name.split, split_folder)
+                style = "2021" if split_folder in ("source_test", "target_test") else name.style
+                rows.append({
+                    "path": str(wav), "rel_path": rel, "file_name": wav.name, "dataset": dataset,
+                    "machine": machine, "split_folder": split_folder, "split": split,
+                    "section": name.section, "domain": name.domain, "label": name.label,
+                    "attributes": name.attributes, "clip_number": name.clip_number, "style": style,
+                })
+        check_attributes_csv(machine_dir, [r for r in rows if r["machine"] == machine
+                                           and r["dataset"] == dataset])
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = manifest.sort_values(["dataset", "machine", "split_folder", "file_name"], kind="stable")
+    return manifest.reset_index(drop=True), skipped
+
+
+def rules_for(manifest: pd.DataFrame) -> str:
+    """The DCASE evaluation rules that fit a machine's clips: dcase2020, dcase2021 or dcase2022."""
+    if (manifest["style"] == "2020").any():
+        return "dcase2020"
+    if manifest["split_folder"].isin(["source_test", "target_test"]).any():
+        return "dcase2021"
+    return "dcase2022"
+
+
+def attributes_from_csv_row(row: pd.Series) -> str:
+    """Rebuild the file-name attribute string from an attributes CSV row (d1p, d1v, d2p, d2v, ...)."""
+    pairs = []
+    n = 1
+    while f"d{n}p" in row.index:
+        key, value = row[f"d{n}p"], row.get(f"d{n}v")
+        if isinstance(key, str) and key:
+            pairs.append(f"{key}_{value}")
+        n += 1
+    return "_".join(pairs)
+
+
+def check_attributes_csv(machine_dir: Path, rows: list[dict]) -> list[str]:
+    """Compare `attributes_*.csv` with the attribute strings in the file names; warn on mismatches.
+
+    The CSV is optional and known to be broken in some downloads, so every problem is a warning
+    (returned and logged), never an error.
+    """
+    problems: list[str] = []
+    by_name = {r["file_name"]: r["attributes"] for r in rows}
+    for csv_path in sorted(machine_dir.glob("attributes_*.csv")):
+        try:
+            table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+            if "file_name" not in table.columns:
+                raise ValueError("no 'file_name' column")
+        except Exception as err:  # any parse failure: the names still carry the attributes
+            problems.append(f"{csv_path}: unreadable ({err}); using the attributes in the file names")
+            continue
+        mismatched = 0
+        for _, csv_row in table.iterrows():
+            name = Path(str(csv_row["file_name"])).name
+            if name not in by_name:
+                continue
+            from_csv = attributes_from_csv_row(csv_row)
+            if from_csv and by_name[name] not in ("", "noAttribute") and from_csv != by_name[name]:
+                mismatched += 1
+        if mismatched:
+            problems.append(f"{csv_path}: {mismatched} rows disagree with their file names; "
+                            "the file names win")
+    for problem in problems:
+        warnings.warn(problem, stacklevel=2)
+    return problems

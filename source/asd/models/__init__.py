@@ -1,0 +1,1 @@
+"""Neural networks and scoring building blocks for anomalous sound detection."""

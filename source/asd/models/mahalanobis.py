@@ -1,0 +1,122 @@
+"""Selective Mahalanobis scoring of reconstruction-error vectors (DCASE 2023+ baseline style).
+
+A mean and a covariance of the error vectors of *normal* training data are fitted separately per domain
+(source, target). A test vector's score is its Mahalanobis distance under each domain's Gaussian, and the
+selective score is the minimum over domains: a target-domain normal sound is close to the target model
+even when it is far from the source one, so one threshold can serve both domains.
+
+Regularisation: each covariance is estimated with scikit-learn's :class:`~sklearn.covariance.LedoitWolf`
+shrinkage (towards a scaled identity), so a domain with only a handful of vectors (the 10-clip target
+domain) still gives a well-conditioned, invertible matrix. A small ridge ``ridge * mean(diag)`` (plus an
+absolute floor) is added on top to survive degenerate data such as constant dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+
+
+class MahalanobisScorer:
+    """Per-domain Gaussian models of error vectors; score = minimum Mahalanobis distance over domains.
+
+    Fitted state (after :meth:`fit`): ``domains_`` (sorted domain names), ``means_`` ``[n_domains, D]``,
+    ``covariances_`` and ``precisions_`` ``[n_domains, D, D]``, ``shrinkages_`` ``[n_domains]``.
+    """
+
+    def __init__(self, ridge: float = 1e-6, min_samples: int = 2, chunk_size: int = 8192) -> None:
+        if ridge < 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        self.ridge = ridge
+        self.min_samples = min_samples
+        self.chunk_size = chunk_size
+
+    def fit(self, errors: np.ndarray, domains: Sequence[str] | np.ndarray | None = None) -> MahalanobisScorer:
+        """Fit one mean/covariance per domain.
+
+        Args:
+            errors: ``[N, D]`` error vectors of normal training data.
+            domains: ``[N]`` domain name per row (e.g. ``"source"``/``"target"``); ``None`` means all
+                ``"source"``. Domains with fewer than ``min_samples`` rows are skipped (ignored, not fatal).
+        """
+        x = np.asarray(errors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"errors must be a non-empty [N, D] array, got shape {x.shape}")
+        dom = np.full(x.shape[0], "source") if domains is None else np.asarray(domains).astype(str)
+        if dom.shape != (x.shape[0],):
+            raise ValueError(f"domains must have shape ({x.shape[0]},), got {dom.shape}")
+        names, means, covs, precs, shrinks = [], [], [], [], []
+        for name in sorted(set(dom.tolist())):
+            xd = x[dom == name]
+            if xd.shape[0] < self.min_samples:
+                continue
+            lw = LedoitWolf().fit(xd)
+            cov = lw.covariance_
+            # Ridge relative to the average variance, with an absolute floor for all-constant data.
+            cov = cov + (self.ridge * max(float(np.trace(cov)) / cov.shape[0], 1e-12) + 1e-12) * np.eye(
+                cov.shape[0]
+            )
+            names.append(name)
+            means.append(lw.location_)
+            covs.append(cov)
+            precs.append(np.linalg.inv(cov))
+            shrinks.append(lw.shrinkage_)
+        if not names:
+            raise ValueError(f"no domain has at least min_samples={self.min_samples} rows")
+        self.domains_ = np.asarray(names)
+        self.means_ = np.stack(means)
+        self.covariances_ = np.stack(covs)
+        # Symmetrise so tiny asymmetries from inversion never give negative quadratic forms.
+        self.precisions_ = np.stack([(p + p.T) / 2 for p in precs])
+        self.shrinkages_ = np.asarray(shrinks)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "precisions_"):
+            raise RuntimeError("MahalanobisScorer is not fitted; call fit() or from_state() first")
+
+    def score_per_domain(self, errors: np.ndarray) -> dict[str, np.ndarray]:
+        """Mahalanobis distance (square root of the quadratic form, as scipy) of each row per domain."""
+        self._check_fitted()
+        x = np.asarray(errors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.means_.shape[1]:
+            raise ValueError(f"errors must be [N, {self.means_.shape[1]}], got shape {x.shape}")
+        out: dict[str, np.ndarray] = {}
+        for i, name in enumerate(self.domains_.tolist()):
+            dist = np.empty(x.shape[0])
+            for start in range(0, x.shape[0], self.chunk_size):  # bounded memory for many vectors
+                delta = x[start : start + self.chunk_size] - self.means_[i]
+                q = np.einsum("nd,de,ne->n", delta, self.precisions_[i], delta, optimize=True)
+                dist[start : start + self.chunk_size] = np.sqrt(np.maximum(q, 0.0))
+            out[name] = dist
+        return out
+
+    def score(self, errors: np.ndarray) -> np.ndarray:
+        """Selective Mahalanobis score ``[N]``: minimum distance over the fitted domains."""
+        per = self.score_per_domain(errors)
+        return np.min(np.stack(list(per.values())), axis=0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Fitted state as plain numpy arrays (safe for ``np.savez`` without pickle)."""
+        self._check_fitted()
+        return {
+            "domains": self.domains_.astype(str),
+            "means": self.means_,
+            "covariances": self.covariances_,
+            "precisions": self.precisions_,
+            "shrinkages": self.shrinkages_,
+            "ridge": np.asarray(self.ridge),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> MahalanobisScorer:
+        """Rebuild a fitted scorer from :meth:`state_dict` output."""
+        obj = cls(ridge=float(np.asarray(state.get("ridge", 1e-6))))
+        obj.domains_ = np.asarray(state["domains"]).astype(str)
+        obj.means_ = np.asarray(state["means"], dtype=np.float64)
+        obj.covariances_ = np.asarray(state["covariances"], dtype=np.float64)
+        obj.precisions_ = np.asarray(state["precisions"], dtype=np.float64)
+        obj.shrinkages_ = np.asarray(state.get("shrinkages", np.zeros(len(obj.domains_))))
+        return obj

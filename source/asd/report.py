@@ -1,0 +1,98 @@
+"""What a finished run prints and leaves behind as tables: per dataset the official numbers, and a
+side-by-side comparison of several runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from asd.metrics import metrics_table
+from asd.submission import write_predictions_table, write_summary
+
+_SHOWN = {
+    "dcase2022": ["AUC (source)", "AUC (target)", "pAUC", "F1 score (source)", "F1 score (target)"],
+    "dcase2021": ["AUC (source)", "AUC (target)", "pAUC (source)", "pAUC (target)"],
+    "dcase2020": ["AUC", "pAUC", "F1 score"],
+}
+
+
+def _fmt(value: float) -> str:
+    return "   n/a" if not np.isfinite(value) else f"{value:6.3f}"
+
+
+def report_run(run_dir: Path, predictions: pd.DataFrame) -> str:
+    """Write predictions.csv, per-dataset summary.csv / official_score.csv and summary.txt; return the text."""
+    run_dir = Path(run_dir)
+    write_predictions_table(predictions, run_dir / "predictions.csv")
+    thresholds = pd.read_csv(run_dir / "thresholds.csv") if (run_dir / "thresholds.csv").exists() else None
+    lines = []
+    for (dataset, rules), part in predictions.groupby(["dataset", "rules"], sort=True):
+        scores = write_summary(part, run_dir / dataset, rules)
+        table = metrics_table(part, rules)
+        columns = _SHOWN[rules]
+        lines += ["", f"dataset {dataset}  ({rules} rules, {len(part)} test clips)",
+                  f"  {'machine':<20}{'section':>8}  " + "  ".join(f"{c:>17}" for c in columns)]
+        for row in table.itertuples(index=False):
+            values = [row[table.columns.get_loc(c)] for c in columns]
+            lines.append(f"  {row.machine:<20}{row.section:>8}  "
+                         + "  ".join(f"{_fmt(float(v)):>17}" for v in values))
+        official = scores.get("official score", float("nan"))
+        if np.isfinite(official):
+            lines.append(f"  official score ({rules}): {official:.4f}   "
+                         f"({int(scores['n_values'])} values, {int(scores['n_missing'])} undefined)")
+        else:
+            why = ("test labels unknown" if (part["label"] == "unknown").all()
+                   else "no section has both normal and anomalous test clips")
+            lines.append(f"  official score: not measurable ({why}); scores and decisions are written")
+        if thresholds is not None:
+            pooled = thresholds[(thresholds["dataset"] == dataset) & (thresholds["section"] == "*")]
+            for row in pooled.itertuples(index=False):
+                lines.append(f"  {row.machine}: false-alarm rate of the threshold on held-out normal clips "
+                             f"{row.false_alarm_rate:.1%} (n={row.n_normal_clips})")
+    lines += ["", f"outputs in {run_dir}: predictions.csv, thresholds.csv, <dataset>/summary.csv, "
+                  "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png}"]
+    text = "\n".join(lines).lstrip("\n")
+    (run_dir / "summary.txt").write_text(text + "\n")
+    return text
+
+
+def run_scores(run_dir: Path) -> pd.DataFrame:
+    """Official numbers of one run: one row per (dataset, metric)."""
+    rows = []
+    for path in sorted(Path(run_dir).rglob("official_score.csv")):
+        table = pd.read_csv(path)
+        dataset = path.parent.relative_to(run_dir).as_posix()
+        for metric, value in zip(table["metric"], table["value"], strict=True):
+            if metric != "rules":
+                rows.append({"dataset": dataset, "metric": metric, "value": float(value)})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "value"])
+
+
+def compare_runs(runs: list[Path]) -> str:
+    """Per machine x section metrics and the official score, one column block per run."""
+    blocks = []
+    for run in runs:
+        label = Path(run).name
+        for summary in sorted(Path(run).rglob("summary.csv")):
+            table = pd.read_csv(summary, dtype={"section": str})
+            dataset = summary.parent.relative_to(run).as_posix()
+            keep = [c for c in ("AUC (source)", "AUC (target)", "pAUC", "AUC") if c in table.columns]
+            part = table[["machine", "section", *keep]].assign(dataset=dataset)
+            part = part.set_index(["dataset", "machine", "section"])
+            part.columns = pd.MultiIndex.from_product([[label], part.columns])
+            blocks.append(part)
+        scores = run_scores(Path(run))
+        official = scores[scores["metric"] == "official score"]
+        for row in official.itertuples(index=False):
+            blocks.append(pd.DataFrame({(label, "official score"): [row.value]},
+                                       index=pd.MultiIndex.from_tuples([(row.dataset, "ALL", "")],
+                                                                       names=["dataset", "machine", "section"])))
+    if not blocks:
+        return "no evaluated runs found (run `python source/main.py test --run RUN` first)"
+    merged = pd.concat(blocks, axis=1)
+    merged = merged.T.groupby(level=[0, 1], sort=False).first().T
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format",
+                           "{:.4f}".format):
+        return merged.to_string(na_rep="")

@@ -1,0 +1,258 @@
+"""The HDF5 shard: one file per dataset x machine type x split, holding every 1-second segment (SPEC §4).
+
+Layout of a shard:
+
+    /            attributes: schema_version, every FeatureConfig field, fingerprint, feature_config (JSON),
+                 dataset, machine, split, source_root, source_digest, package_version, created_utc,
+                 n_clips, n_segments, complete
+    /clips/*     the clip table, one 1-D dataset per column (CSR-style: first_segment, n_segments)
+    /segments/*  the segment table: clip_index, segment_id, start_sample, name
+    /waveform    int16   [n_segments, segment_samples]
+    /logmel      float32 [n_segments, n_mels, n_frames]
+
+A shard is written under a temporary name and renamed when complete, so a file with the final name is
+always whole. Readers open the file lazily and reopen after a fork (safe in DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from asd import __version__
+from asd.features import SCHEMA_VERSION, FeatureConfig
+
+STR = h5py.string_dtype("utf-8")  # variable length: DCASE names exceed any sensible fixed width
+
+CLIP_COLUMNS: dict[str, object] = {
+    "rel_path": STR, "file_name": STR, "machine": STR, "section": STR, "domain": STR, "split": STR,
+    "label": STR, "attributes": STR, "n_samples": np.int64, "original_sample_rate": np.int32,
+    "original_channels": np.int16, "first_segment": np.int64, "n_segments": np.int64, "notes": STR,
+}
+SEGMENT_COLUMNS: dict[str, object] = {
+    "clip_index": np.int64, "segment_id": np.int32, "start_sample": np.int64, "name": STR,
+}
+TABLE_CHUNK_ROWS = 4096  # ~32 KiB per int64 chunk: inside SPEC §4's 10 KiB - 1 MiB band
+TABLE_CHUNK_MIN_BYTES = 16 * 1024  # narrow columns (int16) get more rows, so no chunk falls below 10 KiB
+
+
+class StaleShard(RuntimeError):
+    """A shard built with other settings than the ones asked for."""
+
+
+def segment_name(clip_index: int, segment_id: int, domain: str, label: str) -> str:
+    """The segment naming of SPEC §3."""
+    return f"index={clip_index}__segment_id={segment_id}__domain={domain}__label={label}"
+
+
+def _rows_per_chunk(row_bytes: int, target_bytes: int = 256 * 1024) -> int:
+    """Rows per chunk so that one chunk holds about 256 KiB (SPEC §4 asks for 10 KiB - 1 MiB)."""
+    return max(1, min(1024, target_bytes // max(1, row_bytes)))
+
+
+def partial_path(final_path: Path) -> Path:
+    """Where a shard is written until complete: same folder (atomic rename), a name no reader accepts."""
+    return final_path.with_name(f".{final_path.name}.{os.getpid()}.partial")
+
+
+class ShardWriter:
+    """Appends segments clip by clip to a temporary file; `commit()` seals and renames it.
+
+    Use as a context manager: leaving the block with an exception deletes the temporary file.
+    """
+
+    def __init__(self, final_path: Path, config: FeatureConfig, meta: dict[str, str]) -> None:
+        self.final_path = Path(final_path)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = partial_path(self.final_path)
+        self.config = config
+        self.file = h5py.File(self.tmp_path, "w")
+        self.n_clips = 0
+        self.n_segments = 0
+        length, mels, frames = config.segment_samples, config.n_mels, config.n_frames
+        self.file.create_dataset("waveform", shape=(0, length), maxshape=(None, length), dtype=np.int16,
+                                 chunks=(_rows_per_chunk(length * 2), length))
+        self.file.create_dataset("logmel", shape=(0, mels, frames), maxshape=(None, mels, frames),
+                                 dtype=np.float32, chunks=(_rows_per_chunk(mels * frames * 4), mels, frames))
+        for group, columns in (("clips", CLIP_COLUMNS), ("segments", SEGMENT_COLUMNS)):
+            for name, dtype in columns.items():
+                self.file.create_dataset(f"{group}/{name}", shape=(0,), maxshape=(None,), dtype=dtype,
+                                         chunks=(max(TABLE_CHUNK_ROWS,
+                                                     TABLE_CHUNK_MIN_BYTES // np.dtype(dtype).itemsize),))
+        attrs = self.file.attrs
+        attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in config.to_dict().items():
+            attrs[key] = "none" if value is None else value
+        attrs["segment_samples"] = config.segment_samples
+        attrs["hop_samples"] = config.hop_samples
+        attrs["n_frames"] = config.n_frames
+        attrs["feature_config"] = json.dumps(config.to_dict(), sort_keys=True)
+        attrs["fingerprint"] = config.fingerprint()
+        attrs["package_version"] = __version__
+        attrs["complete"] = False
+        for key, value in meta.items():
+            attrs[key] = value
+
+    @staticmethod
+    def _append(dataset: h5py.Dataset, values) -> None:
+        values = np.asarray(values, dtype=object if dataset.dtype == STR else dataset.dtype)
+        start = dataset.shape[0]
+        dataset.resize(start + len(values), axis=0)
+        dataset[start:] = values
+
+    def add_clips(self, clips: list[dict], segments: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Append a batch of clips: their clip-table rows (without the CSR fields) and, per clip,
+        `(waveforms [n, samples] int16, logmels [n, mels, frames] float32, start samples [n])`."""
+        if not clips:
+            return
+        rows, seg_cols = [], {name: [] for name in SEGMENT_COLUMNS}
+        first = self.n_segments
+        for offset, (clip, (waves, _, starts)) in enumerate(zip(clips, segments, strict=True)):
+            index, n = self.n_clips + offset, len(waves)
+            rows.append({**clip, "first_segment": first, "n_segments": n})
+            seg_cols["clip_index"].append(np.full(n, index))
+            seg_cols["segment_id"].append(np.arange(n))
+            seg_cols["start_sample"].append(starts)
+            seg_cols["name"].append([segment_name(index, i, clip["domain"], clip["label"]) for i in range(n)])
+            first += n
+        for name in CLIP_COLUMNS:
+            self._append(self.file[f"clips/{name}"], [row[name] for row in rows])
+        for name, parts in seg_cols.items():
+            self._append(self.file[f"segments/{name}"], np.concatenate(parts))
+        self._append(self.file["waveform"], np.concatenate([s[0] for s in segments]))
+        self._append(self.file["logmel"], np.concatenate([s[1] for s in segments]))
+        self.n_clips += len(clips)
+        self.n_segments = first
+
+    def commit(self) -> Path:
+        """Mark complete, close and atomically rename to the final name."""
+        attrs = self.file.attrs
+        attrs["n_clips"] = self.n_clips
+        attrs["n_segments"] = self.n_segments
+        attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        attrs["complete"] = True
+        self.file.close()
+        os.replace(self.tmp_path, self.final_path)
+        return self.final_path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        if self.file.id.valid:
+            self.file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class Shard:
+    """Read access to a complete shard. Opens lazily, reopens after a fork, pickles without its handle."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self._clips: pd.DataFrame | None = None
+        self._segments: pd.DataFrame | None = None
+        if not self.attrs.get("complete", False):
+            raise StaleShard(f"{self.path} is not a complete shard (interrupted write?); rerun data_prep")
+        if int(self.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StaleShard(f"{self.path} has schema version {self.attrs.get('schema_version')}, this "
+                             f"version reads {SCHEMA_VERSION}; rebuild it with data_prep --force")
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.file.attrs.items()}
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.file.attrs["fingerprint"])
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(**json.loads(self.file.attrs["feature_config"]))
+
+    @property
+    def machine(self) -> str:
+        return str(self.file.attrs["machine"])
+
+    def _table(self, group: str) -> pd.DataFrame:
+        columns = {}
+        for name, dataset in self.file[group].items():
+            values = dataset[()]
+            columns[name] = dataset.asstr()[()] if dataset.dtype == STR else values
+        return pd.DataFrame(columns)
+
+    @property
+    def clips(self) -> pd.DataFrame:
+        """The clip table, indexed by clip index."""
+        if self._clips is None:
+            self._clips = self._table("clips")[list(CLIP_COLUMNS)]
+        return self._clips
+
+    @property
+    def segments(self) -> pd.DataFrame:
+        """The segment table, indexed by segment index."""
+        if self._segments is None:
+            self._segments = self._table("segments")[list(SEGMENT_COLUMNS)]
+        return self._segments
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.file["logmel"].shape[0])
+
+    def logmel(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Log-mels of the given segment rows (a slice, or sorted increasing indices)."""
+        return self.file["logmel"][rows]
+
+    def waveform(self, rows: slice | np.ndarray) -> np.ndarray:
+        """int16 waveforms of the given segment rows (a slice, or sorted increasing indices)."""
+        return self.file["waveform"][rows]
+
+    def clip_segments(self, clip_index: int) -> slice:
+        """Rows of one clip's segments, in order."""
+        first = int(self.clips.at[clip_index, "first_segment"])
+        return slice(first, first + int(self.clips.at[clip_index, "n_segments"]))
+
+
+def read_shard_attrs(path: Path) -> dict | None:
+    """The attributes of an existing complete shard, or None if there is none (or it is unreadable)."""
+    try:
+        with h5py.File(path, "r") as file:
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}
+    except (OSError, KeyError):
+        return None
+    return attrs if attrs.get("complete") else None
+
+
+def find_shards(processed_dir: Path, machines: list[str] | None = None) -> list[Path]:
+    """Every complete shard below `processed_dir` (temporary files are never matched), sorted."""
+    shards = sorted(p for p in Path(processed_dir).rglob("*.h5") if not p.name.startswith("."))
+    if machines:
+        shards = [p for p in shards if p.parent.name in machines]
+    return shards

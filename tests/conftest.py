@@ -1,0 +1,127 @@
+"""Shared test helpers: tiny wav files in any DCASE naming, a tiny dataset tree, the real recordings.
+
+Everything here writes into pytest's tmp folders; the real DCASE recordings are only read, from
+`../shared/fixtures/dcase-real` next to the project root, and tests that need them skip when absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Importable without installing the package, like the entry scripts in source/.
+if str(PROJECT_ROOT / "source") not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT / "source"))
+
+REAL_ROOT = PROJECT_ROOT.parent / "shared" / "fixtures" / "dcase-real"
+requires_real = pytest.mark.skipif(not REAL_ROOT.is_dir(), reason=f"real DCASE fixtures absent ({REAL_ROOT})")
+
+RATE = 16000
+
+
+def tone_noise(seconds: float, rate: int = RATE, channels: int = 1, seed: int = 0,
+                freq: float = 440.0) -> np.ndarray:
+    """A float signal in [-0.5, 0.5]: a tone plus noise, so every segment differs from its neighbours.
+
+    Shape `[n]` for mono, `[n, channels]` otherwise; channel c has tone `freq * (c + 1)` so channels differ.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    columns = [0.3 * np.sin(2 * np.pi * freq * (c + 1) * t) + 0.1 * rng.standard_normal(n)
+               for c in range(channels)]
+    data = np.clip(np.stack(columns, axis=1), -0.5, 0.5)
+    return data[:, 0] if channels == 1 else data
+
+
+def write_wav(path: Path, seconds: float = 2.0, rate: int = RATE, channels: int = 1,
+              subtype: str = "PCM_16", seed: int = 0, freq: float = 440.0) -> np.ndarray:
+    """Write a wav (parents created) and return what a 16-bit reader gets back: int16 for PCM_16 files,
+    else the float data written. Any DCASE name works: the caller chooses `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = tone_noise(seconds, rate, channels, seed, freq)
+    if subtype == "PCM_16":
+        ints = np.round(data * 32767).astype(np.int16)
+        sf.write(path, ints, rate, subtype=subtype)
+        return ints
+    sf.write(path, data.astype(np.float32), rate, subtype=subtype)
+    return data.astype(np.float32)
+
+
+def dcase2024_name(section: int, domain: str, split: str, label: str, number: int,
+                   attributes: str = "noAttribute") -> str:
+    """A DCASE 2022-2025 style file name."""
+    return f"section_{section:02d}_{domain}_{split}_{label}_{number:04d}_{attributes}.wav"
+
+
+@pytest.fixture
+def make_wav() -> Callable[..., np.ndarray]:
+    """The `write_wav` helper, as a fixture."""
+    return write_wav
+
+
+def build_dataset(root: Path, machines: dict[str, tuple[int, int]], seconds: float = 2.0) -> Path:
+    """A small DCASE 2024 style tree `root/<machine>/{train,test}/`: per machine (n_train, n_test) clips.
+
+    Train clips are source normals (the last one a target normal); test clips alternate normal/anomaly
+    and source/target. Returns `root`.
+    """
+    seed = 0
+    for machine, (n_train, n_test) in machines.items():
+        for i in range(n_train):
+            domain = "target" if i == n_train - 1 and n_train > 1 else "source"
+            name = dcase2024_name(0, domain, "train", "normal", i + 1, f"spd_{i}")
+            write_wav(root / machine / "train" / name, seconds=seconds, seed=seed)
+            seed += 1
+        for i in range(n_test):
+            domain = ("source", "target")[i // 2 % 2]
+            label = ("normal", "anomaly")[i % 2]
+            name = dcase2024_name(0, domain, "test", label, i + 1)
+            write_wav(root / machine / "test" / name, seconds=seconds, seed=seed)
+            seed += 1
+    return root
+
+
+@pytest.fixture
+def make_dataset() -> Callable[..., Path]:
+    """The `build_dataset` helper, as a fixture."""
+    return build_dataset
+
+
+def assert_shard_matches_sources(shard_path: Path, raw_root: Path) -> None:
+    """Every stored segment equals the source samples at its start sample, and its log-mel equals
+    `asd.features.log_mel` of those samples. For 16-bit mono clips at the shard's rate."""
+    from asd.features import log_mel
+    from asd.shard import Shard
+
+    shard = Shard(shard_path)
+    config = shard.feature_config
+    length = config.segment_samples
+    clips, segments = shard.clips, shard.segments
+    for index, clip in clips.iterrows():
+        samples, rate = sf.read(raw_root / clip["rel_path"], dtype="int16")
+        assert rate == config.sample_rate
+        assert clip["n_samples"] == len(samples)
+        rows = shard.clip_segments(index)
+        starts = segments["start_sample"].to_numpy()[rows]
+        expected = np.zeros((len(starts), length), dtype=np.int16)
+        for k, start in enumerate(starts):
+            piece = samples[start:start + length]
+            expected[k, :len(piece)] = piece
+        np.testing.assert_array_equal(shard.waveform(rows), expected, err_msg=clip["file_name"])
+        np.testing.assert_allclose(shard.logmel(rows), log_mel(expected, config), rtol=0, atol=1e-3,
+                                   err_msg=clip["file_name"])
+    shard.close()
+
+
+@pytest.fixture
+def check_round_trip() -> Callable[[Path, Path], None]:
+    """The `assert_shard_matches_sources` helper, as a fixture."""
+    return assert_shard_matches_sources

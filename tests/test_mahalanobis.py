@@ -1,0 +1,83 @@
+"""Tests for the selective Mahalanobis scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis
+
+from asd.models.mahalanobis import MahalanobisScorer
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    src = rng.normal(0.0, 1.0, size=(500, 6)) @ rng.normal(size=(6, 6))
+    tgt = rng.normal(5.0, 0.5, size=(10, 6))
+    return np.vstack([src, tgt]), np.array(["source"] * 500 + ["target"] * 10)
+
+
+def test_distances_match_scipy() -> None:
+    x, dom = _data()
+    scorer = MahalanobisScorer().fit(x, dom)
+    assert scorer.domains_.tolist() == ["source", "target"]
+    queries = np.random.default_rng(1).normal(size=(7, 6))
+    per = scorer.score_per_domain(queries)
+    for i, name in enumerate(scorer.domains_):
+        expected = [mahalanobis(q, scorer.means_[i], scorer.precisions_[i]) for q in queries]
+        np.testing.assert_allclose(per[name], expected, rtol=1e-9)
+        # precision is the inverse of the stored (regularised) covariance
+        np.testing.assert_allclose(scorer.precisions_[i] @ scorer.covariances_[i], np.eye(6), atol=1e-8)
+
+
+def test_selective_min_picks_nearer_domain() -> None:
+    x, dom = _data()
+    scorer = MahalanobisScorer().fit(x, dom)
+    near_target = np.full((1, 6), 5.0)
+    per = scorer.score_per_domain(near_target)
+    assert per["target"][0] < per["source"][0]
+    assert scorer.score(near_target)[0] == pytest.approx(per["target"][0])
+    near_source = x[:3]
+    per = scorer.score_per_domain(near_source)
+    np.testing.assert_allclose(scorer.score(near_source), np.minimum(per["source"], per["target"]))
+    assert (per["source"] < per["target"]).all()
+
+
+def test_ten_target_samples_in_640_dims_is_finite() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(210, 640))
+    dom = np.array(["source"] * 200 + ["target"] * 10)
+    scorer = MahalanobisScorer().fit(x, dom)
+    assert np.isfinite(np.linalg.cond(scorer.covariances_[1]))
+    scores = scorer.score(rng.normal(size=(20, 640)))
+    assert scores.shape == (20,) and np.isfinite(scores).all() and (scores > 0).all()
+
+
+def test_constant_errors_do_not_crash() -> None:
+    scorer = MahalanobisScorer().fit(np.zeros((10, 4)))
+    assert scorer.domains_.tolist() == ["source"]
+    assert np.isfinite(scorer.score(np.ones((2, 4)))).all()
+
+
+def test_tiny_domain_skipped_and_state_roundtrip(tmp_path) -> None:
+    x, dom = _data()
+    dom[-10:] = "source"
+    dom[-1] = "target"  # one row: below min_samples, ignored
+    scorer = MahalanobisScorer().fit(x, dom)
+    assert scorer.domains_.tolist() == ["source"]
+    np.savez(tmp_path / "m.npz", **scorer.state_dict())
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        restored = MahalanobisScorer.from_state(dict(f))
+    q = x[:5] + 0.3
+    np.testing.assert_array_equal(restored.score(q), scorer.score(q))
+
+
+def test_chunking_does_not_change_scores() -> None:
+    x, dom = _data()
+    a = MahalanobisScorer(chunk_size=3).fit(x, dom).score(x[:50])
+    b = MahalanobisScorer(chunk_size=10_000).fit(x, dom).score(x[:50])
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_unfitted_raises() -> None:
+    with pytest.raises(RuntimeError):
+        MahalanobisScorer().score(np.zeros((1, 2)))
