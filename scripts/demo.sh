@@ -16,5 +16,5 @@ if [ ! -f "$RAW/synth_config.json" ]; then
     $PY source/main.py synth --out "$RAW" --scale "$SCALE" --seed 0
 fi
 $PY source/data_prep.py --raw-dir data/raw --out-dir data/processed
-$PY source/main.py inspect data/processed/synth/fan/train.h5 --names 3 | head -25
-$PY source/main.py run --processed-dir data/processed/synth --epochs "$EPOCHS" "${MODEL_ARGS[@]}"
+$PY source/main.py inspect data/processed/synth/fan/train.h5 --names 3
+$PY source/main.py --epochs "$EPOCHS" "${MODEL_ARGS[@]}"

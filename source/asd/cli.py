@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from asd.cli_run import run_command, training_options
 from asd.inspect_shard import describe_shard, plot_segment
 from asd.shard import Shard, StaleShard, find_shards
 
@@ -14,16 +15,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 @click.group(context_settings=CONTEXT, invoke_without_command=True)
+@training_options
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, **options) -> None:
     """Anomalous sound detection on cached 1-second segments (DCASE Task 2 conventions).
 
-    With no subcommand: train then test every machine type found in data/processed.
+    With no subcommand: train then test every machine type found in --processed-dir (the options above
+    are those of `run`). Stages: synth -> (source/data_prep.py) -> inspect -> train -> test -> summarize;
+    `score` scores any wav files with a trained model.
     """
     if ctx.invoked_subcommand is None:
-        from asd.cli_run import run_command
-
-        ctx.invoke(run_command)
+        ctx.invoke(run_command, **options)
 
 
 @main.command("synth", context_settings=CONTEXT)
