@@ -83,21 +83,46 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _children() -> list[Path]:
+    """/proc folders of this process's live children (the joblib workers and loky's helpers)."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:  # field 4: the parent pid
+                found.append(stat.parent)
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+    return found
+
+
 def _children_peak_rss_mib() -> float:
     """Largest peak RSS (VmHWM) among the live child processes: the joblib workers."""
     peak = 0.0
-    me = str(os.getpid())
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in _children():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[1] != me:  # field 4 of /proc/<pid>/stat is the parent pid
-                continue
-            for line in (stat.parent / "status").read_text().splitlines():
+            for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]) / 1024)
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
+        except OSError:
+            continue
     return peak
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by the live child processes."""
+    ticks = 0
+    for proc in _children():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure_floor(raw: Path) -> dict:
@@ -112,13 +137,14 @@ def measure_floor(raw: Path) -> dict:
     paths = sorted(str(p) for p in raw.rglob("*.wav"))
     log_mel(np.zeros((1, config.segment_samples), np.int16), config)  # build the mel filterbank first
     segments = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _self_cpu_s()
     for path in paths:
         waves, _, _ = cut_segments(read_clip(path, config).samples, config)
         segments += len(log_mel(waves, config))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _self_cpu_s() - cpu
     return {"clips": len(paths), "segments": segments, "seconds": seconds,
-            "clips_per_s": len(paths) / seconds, "rss_main_mib": _peak_rss_mib()}
+            "clips_per_s": len(paths) / seconds, "cpu_ms_per_clip": 1000 * cpu / len(paths),
+            "rss_main_mib": _peak_rss_mib()}
 
 
 def measure_prep(raw: Path, out: Path, jobs: int, profile: bool) -> dict:
@@ -132,17 +158,20 @@ def measure_prep(raw: Path, out: Path, jobs: int, profile: bool) -> dict:
     # Start the workers (and their torch import) apart, so start-up cost shows separately.
     start = time.perf_counter()
     if jobs != 1:
-        Parallel(n_jobs=jobs)(delayed(process_clips)([], FeatureConfig()) for _ in range(max(jobs, 1)))
+        # same backend hint as run_prep (threads unless joblib.parallel_config says otherwise)
+        Parallel(n_jobs=jobs, prefer="threads")(delayed(process_clips)([], FeatureConfig())
+                                                for _ in range(max(jobs, 1)))
     startup = time.perf_counter() - start
     cfg = PrepConfig(raw_dir=str(raw), out_dir=str(out), jobs=jobs, force=True)
     profiler = cProfile.Profile() if profile else None
-    start = time.perf_counter()
+    start, main_cpu, workers_cpu = time.perf_counter(), _self_cpu_s(), _children_cpu_s()
     if profiler:
         profiler.enable()
     summary = run_prep(cfg, show_progress=False)
     if profiler:
         profiler.disable()
     seconds = time.perf_counter() - start
+    main_cpu, workers_cpu = _self_cpu_s() - main_cpu, _children_cpu_s() - workers_cpu
     workers_peak = _children_peak_rss_mib()
     get_reusable_executor().shutdown(wait=True)
     written = sum(p.stat().st_size for p in out.rglob("*.h5"))
@@ -151,8 +180,11 @@ def measure_prep(raw: Path, out: Path, jobs: int, profile: bool) -> dict:
         "startup_s": startup, "seconds": seconds, "clips_per_s": summary.clips / seconds,
         "cold_clips_per_s": summary.clips / (seconds + startup), "mb_written": written / 1e6,
         "mb_per_s": written / 1e6 / seconds, "rss_main_mib": _peak_rss_mib(),
-        "rss_worker_mib": max(workers_peak,
-                              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        "main_cpu_ms_per_clip": 1000 * main_cpu / summary.clips,
+        "workers_cpu_ms_per_clip": 1000 * workers_cpu / summary.clips,
+        # jobs=1 has no workers: joblib runs the tasks in this process
+        "rss_worker_mib": 0.0 if jobs == 1 else max(
+            workers_peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
     }
     if profiler:
         text = io.StringIO()
@@ -195,18 +227,26 @@ def bench_one(root: Path, n_clips: int, jobs: int, profile: bool) -> None:
     target = jobs * floor["clips_per_s"] / 1.5
     print()
     print(_table(
-        ["measure", "jobs", "clips", "segments", "wall s", "clips/s", "MB/s written", "peak main MiB",
-         "peak worker MiB"],
+        ["measure", "jobs", "clips", "segments", "wall s", "clips/s", "MB/s written", "CPU ms/clip main",
+         "CPU ms/clip workers", "peak main MiB", "peak worker MiB"],
         [["floor", "1", str(floor["clips"]), str(floor["segments"]), f"{floor['seconds']:.1f}",
-          f"{floor['clips_per_s']:.1f}", "-", f"{floor['rss_main_mib']:.0f}", "-"],
+          f"{floor['clips_per_s']:.1f}", "-", f"{floor['cpu_ms_per_clip']:.2f}", "-",
+          f"{floor['rss_main_mib']:.0f}", "-"],
          ["end-to-end", str(jobs), str(prep["clips"]), str(prep["segments"]), f"{prep['seconds']:.1f}",
-          f"{prep['clips_per_s']:.1f}", f"{prep['mb_per_s']:.1f}", f"{prep['rss_main_mib']:.0f}",
+          f"{prep['clips_per_s']:.1f}", f"{prep['mb_per_s']:.1f}", f"{prep['main_cpu_ms_per_clip']:.2f}",
+          f"{prep['workers_cpu_ms_per_clip']:.2f}", f"{prep['rss_main_mib']:.0f}",
           f"{prep['rss_worker_mib']:.0f}"]],
     ))
     ratio = prep["clips_per_s"] / (jobs * floor["clips_per_s"])
     print(f"\nworker start-up (not in wall s): {prep['startup_s']:.1f} s; with it: "
           f"{prep['cold_clips_per_s']:.1f} clips/s")
     print(f"shards: {prep['shards']}, {prep['mb_written']:.0f} MB")
+    total_cpu = prep["main_cpu_ms_per_clip"] + prep["workers_cpu_ms_per_clip"]
+    # jobs=1 runs in the main process (joblib's sequential backend): one core whatever the machine has
+    usable_cores = 1 if jobs == 1 else min(jobs + 1, os.cpu_count() or 1)
+    print(f"CPU per clip, end-to-end (main + workers) / floor = {total_cpu / floor['cpu_ms_per_clip']:.2f}; "
+          f"on {os.cpu_count()} idle cores that caps end-to-end at "
+          f"{1000 * usable_cores / total_cpu:.0f} clips/s")
     print(f"end-to-end / (floor x jobs) = {ratio:.2f}  (target >= {1 / 1.5:.2f}: "
           f"end-to-end >= {target:.1f} clips/s) -> {'MET' if ratio >= 1 / 1.5 else 'NOT MET'}")
     if profile:

@@ -217,3 +217,13 @@ def test_real_recordings_parse_as_their_names_say() -> None:
     assert dict(real_2020.groupby("split")["label"].agg(lambda s: set(s))) == {
         "train": {"normal"}, "test": {"anomaly"}}
     assert rules_for(real_2020) == "dcase2020"
+
+
+def test_raw_root_may_be_a_single_machine_folder(tmp_path: Path) -> None:
+    # a course project often holds one machine type only, and points the tool straight at it
+    _touch(tmp_path / "slide_rail" / "train" / "normal_id_00_00000000.wav")
+    _touch(tmp_path / "slide_rail" / "test" / "id_00_00000001.wav")
+    manifest, skipped = scan_raw_root(tmp_path / "slide_rail")
+    assert skipped == [] and len(manifest) == 2
+    assert set(manifest["machine"]) == {"slide_rail"} and set(manifest["dataset"]) == {"."}
+    assert sorted(manifest["rel_path"]) == ["test/id_00_00000001.wav", "train/normal_id_00_00000000.wav"]

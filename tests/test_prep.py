@@ -237,6 +237,15 @@ def test_cli_refuses_other_settings_with_a_clear_message(tmp_path: Path) -> None
     assert "shards written 2" in forced.output
 
 
+def test_raw_dir_pointing_at_one_machine(tmp_path: Path) -> None:
+    machine = build_dataset(tmp_path / "raw", {"slider": (2, 1)}) / "slider"
+    summary = prep(machine, tmp_path / "out")
+    assert summary.clips == 3 and len(summary.shards_written) == 2
+    path = shard_path(tmp_path / "out", ".", "slider", "train")
+    assert Shard(path).machine == "slider"
+    assert_shard_matches_sources(path, machine)
+
+
 def test_cli_without_clips_fails_clearly(tmp_path: Path) -> None:
     result = CliRunner().invoke(prep_command, ["--raw-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"),
                                                "--jobs", "1", "--quiet"])

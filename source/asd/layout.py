@@ -138,7 +138,8 @@ def scan_raw_root(
         machine = machine_dir.name
         if machines and machine not in machines:
             continue
-        dataset = machine_dir.parent.relative_to(raw_root).as_posix()
+        # raw_root may be a machine folder itself (a one-machine course dataset): dataset "." then
+        dataset = "." if machine_dir == raw_root else machine_dir.parent.relative_to(raw_root).as_posix()
         for split_folder, split in SPLIT_FOLDERS.items():
             split_dir = machine_dir / split_folder
             if not split_dir.is_dir():

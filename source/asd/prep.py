@@ -1,7 +1,7 @@
 """data_prep: every clip under a raw root → 1-second segments (waveform + log-mel) in HDF5 shards.
 
-Workers decode and compute features for chunks of clips; the main process is the only writer, and
-consumes results as they arrive, so memory stays flat however many clips there are. A shard is reused
+Workers (threads by default) decode and compute features for chunks of clips; the main thread is the
+only writer, and consumes results as they arrive, so memory stays flat however many clips there are. A shard is reused
 only when it was built with the same settings from the same files; other settings are refused.
 """
 
@@ -59,6 +59,8 @@ class PrepSummary:
             f"{len(self.shards_written)}, skipped (up to date) {len(self.shards_skipped)}; "
             f"{self.seconds:.1f} s ({rate:.1f} clips/s)"
         ]
+        if not self.shards_written and self.shards_skipped:
+            out.append("  every shard is up to date: nothing to do (use --force to rebuild)")
         out += [f"  note: {n} clips {what}" for what, n in sorted(self.notes.items())]
         if self.files_skipped:
             out.append(f"  files skipped: {len(self.files_skipped)}")
@@ -83,21 +85,20 @@ def source_digest(clips: pd.DataFrame) -> str:
 def process_clips(paths: list[str], config: FeatureConfig) -> list[tuple | str]:
     """Worker task: decode and featurise clips. Per clip either
     `(waveforms, logmels, starts, n_samples, original_rate, original_channels, notes)` or an error string."""
-    torch.set_num_threads(1)  # parallelism comes from the workers; avoid oversubscribing the cores
-    results: list[tuple | str] = []
-    for path in paths:
-        try:
-            clip = read_clip(path, config)
-        except BadAudio as err:
-            results.append(str(err))
-            continue
-        waves, starts, padded = cut_segments(clip.samples, config)
-        notes = list(clip.notes)
-        if padded:
-            notes.append(f"padded {len(clip.samples)}->{int(starts[-1]) + config.segment_samples} samples")
-        results.append((waves, log_mel(waves, config), starts, len(clip.samples),
-                        clip.original_sample_rate, clip.original_channels, notes))
-    return results
+    return [_process_clip(path, config) for path in paths]
+
+
+def _process_clip(path: str, config: FeatureConfig) -> tuple | str:
+    try:
+        clip = read_clip(path, config)
+    except BadAudio as err:
+        return str(err)
+    waves, starts, padded = cut_segments(clip.samples, config)
+    notes = list(clip.notes)
+    if padded:
+        notes.append(f"padded {len(clip.samples)}->{int(starts[-1]) + config.segment_samples} samples")
+    return (waves, log_mel(waves, config), starts, len(clip.samples), clip.original_sample_rate,
+            clip.original_channels, notes)
 
 
 def _shard_plan(manifest: pd.DataFrame, cfg: PrepConfig) -> Iterator[tuple[Path, pd.DataFrame, str]]:
@@ -128,9 +129,11 @@ def _remove_stale_partials(path: Path) -> None:
     for partial in path.parent.glob(f".{path.name}.*.partial"):
         pid_text = partial.name.rsplit(".", 2)[-2]
         try:
-            os.kill(int(pid_text), 0)  # raises if no such process: the writer is gone
-        except (OSError, ValueError):
+            os.kill(int(pid_text), 0)  # no error: the writer still runs (PermissionError: another user's)
+        except (ProcessLookupError, ValueError):
             partial.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 def build_shard(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig, summary: PrepSummary,
@@ -168,6 +171,7 @@ def build_shard(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig, s
             progress.update(len(results))
         if writer.n_clips == 0:
             writer.abort()
+            path.unlink(missing_ok=True)  # an older shard no longer matches the files
             summary.files_skipped.append(SkippedFile(str(path), "no usable clip: shard not written"))
             return
         writer.commit()
@@ -194,12 +198,19 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
         else:
             todo.append((path, clips, digest))
     n_todo = sum(len(clips) for _, clips, _ in todo)
-    # No backend named here, so joblib.parallel_config(...) around this call can choose one.
-    parallel = Parallel(n_jobs=cfg.jobs, return_as="generator", pre_dispatch="2*n_jobs")
-    with tqdm(total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:
-        for path, clips, digest in todo:
-            bar.set_postfix_str(f"{path.parent.name}/{path.name}")
-            build_shard(path, clips, digest, cfg, summary, parallel, bar)
+    # Threads by default: decoding and the STFT release the GIL, and results need no pickling (a process
+    # pool spent more time shipping ~0.5 MB per clip than computing it; see bench/README.md). `prefer` is
+    # only a hint, so joblib.parallel_config(backend=...) around this call still chooses the backend.
+    parallel = Parallel(n_jobs=cfg.jobs, prefer="threads", return_as="generator", pre_dispatch="2*n_jobs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the parallelism is across clips; one torch thread each avoids oversubscription
+    try:
+        with tqdm(total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:
+            for path, clips, digest in todo:
+                bar.set_postfix_str(f"{path.parent.name}/{path.name}")
+                build_shard(path, clips, digest, cfg, summary, parallel, bar)
+    finally:
+        torch.set_num_threads(threads)
     summary.seconds = time.perf_counter() - start
     _write_summary(cfg, summary)
     return summary

@@ -138,6 +138,8 @@ class ShardWriter:
         attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         attrs["complete"] = True
         self.file.close()
+        with open(self.tmp_path, "rb") as handle:  # on disk before the rename makes it visible
+            os.fsync(handle.fileno())
         os.replace(self.tmp_path, self.final_path)
         return self.final_path
 
@@ -164,10 +166,12 @@ class Shard:
         self._pid: int | None = None
         self._clips: pd.DataFrame | None = None
         self._segments: pd.DataFrame | None = None
-        if not self.attrs.get("complete", False):
+        attrs = self.attrs
+        self.close()  # checked and closed again: nothing stays open across a later fork
+        if not attrs.get("complete", False):
             raise StaleShard(f"{self.path} is not a complete shard (interrupted write?); rerun data_prep")
-        if int(self.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StaleShard(f"{self.path} has schema version {self.attrs.get('schema_version')}, this "
+        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StaleShard(f"{self.path} has schema version {attrs.get('schema_version')}, this "
                              f"version reads {SCHEMA_VERSION}; rebuild it with data_prep --force")
 
     @property
@@ -204,8 +208,7 @@ class Shard:
     def _table(self, group: str) -> pd.DataFrame:
         columns = {}
         for name, dataset in self.file[group].items():
-            values = dataset[()]
-            columns[name] = dataset.asstr()[()] if dataset.dtype == STR else values
+            columns[name] = dataset.asstr()[()] if dataset.dtype == STR else dataset[()]
         return pd.DataFrame(columns)
 
     @property

@@ -48,7 +48,7 @@ class EmbeddingDetectorConfig:
     aux_shifts: tuple[int, ...] = (0, 6, -6)
     mixup_alpha: float = 1.0  # Beta(alpha, alpha) mixing weights; 0 disables mixup
     balance_power: float = 0.5  # class loss weights (mean count / count) ** power
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -129,6 +129,8 @@ class EmbeddingDetector(Detector):
         log(f"{n_classes} classes x {n_shifts} shifts; segments per class: "
             + ", ".join(f"{name}={n}" for name, n in zip(self.class_names_, counts, strict=True)))
 
+        if n_classes * n_shifts == 1:
+            log("warning: one class and no shift task: nothing to learn, the k-NN uses untrained embeddings")
         network, head = self._build(shard.feature_config.n_mels, n_classes)
         network.to(device)
         head.to(device)
@@ -171,10 +173,10 @@ class EmbeddingDetector(Detector):
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
             if len(val_rows):
                 record["val_loss"] = self._val_loss(network, head, shard, val_rows, val_labels, device)
-            record["seconds"] = time.perf_counter() - start
-            self.history_.append(record)
+            self.history_.append(record)  # losses only: every numeric key becomes a curve in loss.png
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
-            log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+                + f" seconds={time.perf_counter() - start:.1f}")
         self.network_, self.head_ = network.cpu().eval(), head.cpu().eval()
         self.knn_ = self._fit_knn(shard, train_rows, clip_of_row, device, train.seed)
 

@@ -23,6 +23,7 @@ HIDDEN = "noAttribute"
 _SPLIT = {"train": 0, "test": 1}
 _DOMAIN = {"source": 0, "target": 1}
 _LABEL = {"normal": 0, "anomaly": 1}
+SEVERITY_RANGE = (0.1, 1.0)  # per-clip anomaly severity, relative to the machine's base strength
 _CHUNK = 48  # clips per parallel task: amortises task overhead, still balances two workers
 
 
@@ -105,8 +106,9 @@ def render_clip(cfg: SynthConfig, spec: ClipSpec) -> tuple[np.ndarray, str]:
     strength = 0.0
     if spec.label == "anomaly":
         kind = str(arng.choice(mt.anomalies))
-        # each anomalous clip has its own severity, from barely audible to clear
-        strength = cfg.anomaly_strength * mt.base_strength * float(arng.uniform(0.3, 1.0))
+        # each anomalous clip has its own severity, log-uniform from barely audible to obvious
+        severity = float(np.exp(arng.uniform(np.log(SEVERITY_RANGE[0]), np.log(SEVERITY_RANGE[1]))))
+        strength = cfg.anomaly_strength * mt.base_strength * severity
     ctx = ClipContext(rng, arng, spec.attributes, cfg.n_samples, cfg.sample_rate, kind, strength)
     machine = mt.renderer(ctx)
     audio = render_scene(machine, spec.domain, cfg.sample_rate, rng_bg, rng_far if cfg.stereo else None)

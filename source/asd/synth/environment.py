@@ -23,8 +23,8 @@ from .signals import (
     poisson_times,
     power_law,
     resonance,
-    smooth_noise,
     time_axis,
+    wrap_cycles,
 )
 
 
@@ -46,13 +46,13 @@ class Environment:
 
 ENVIRONMENTS: dict[str, Environment] = {
     "source": Environment(
-        noise_exponent=1.0, hum_hz=50.0, distant_hz=(95.0, 105.0), distant_level=0.35,
-        impact_rate_hz=0.15, vent_hz=250.0, snr_db=(2.0, 4.0), mic_highpass_hz=30.0,
+        noise_exponent=1.0, hum_hz=50.0, distant_hz=(99.8, 100.2), distant_level=0.35,
+        impact_rate_hz=0.1, vent_hz=250.0, snr_db=(2.75, 3.25), mic_highpass_hz=30.0,
         mic_lowpass_hz=None, rt60_s=0.35,
     ),
     "target": Environment(
-        noise_exponent=1.6, hum_hz=60.0, distant_hz=(285.0, 315.0), distant_level=0.5,
-        impact_rate_hz=0.4, vent_hz=600.0, snr_db=(-1.0, 1.0), mic_highpass_hz=120.0,
+        noise_exponent=1.6, hum_hz=60.0, distant_hz=(299.4, 300.6), distant_level=0.5,
+        impact_rate_hz=0.2, vent_hz=600.0, snr_db=(0.75, 1.25), mic_highpass_hz=120.0,
         mic_lowpass_hz=6500.0, rt60_s=0.6,
     ),
 }
@@ -75,20 +75,24 @@ def render_background(rng: np.random.Generator, env: Environment, n: int, sr: in
     spec = Spectrum(n, sr)
     floor_power, vent_power = _background_powers(env, n, sr)
     spec.add_power(floor_power, 1.0)
-    spec.add_power(vent_power, 0.4 * rng.uniform(0.7, 1.3))
+    spec.add_power(vent_power, 0.4 * rng.uniform(0.95, 1.05))
     hum_h = np.arange(1, 6)
-    spec.tones(env.hum_hz * hum_h, 0.12 * rng.uniform(0.8, 1.2) / hum_h, rng.uniform(0, 2 * np.pi, 5))
+    spec.tones(env.hum_hz * hum_h, 0.12 * rng.uniform(0.95, 1.05) / hum_h, rng.uniform(0, 2 * np.pi, 5))
     f0 = rng.uniform(*env.distant_hz)
     dist_h = np.arange(1, 9)
-    spec.peaks(f0 * dist_h, env.distant_level * 0.6 / dist_h**0.7, 0.3 + 0.002 * f0 * dist_h)
+    dist_rms = env.distant_level * 0.6 / dist_h**0.7
+    # mostly stable lines: narrow random peaks alone would make the level of each harmonic erratic
+    spec.tones(f0 * dist_h, dist_rms * np.sqrt(2 * 0.8), rng.uniform(0, 2 * np.pi, dist_h.size))
+    spec.peaks(f0 * dist_h, dist_rms * np.sqrt(0.2), 1.0 + 0.005 * f0 * dist_h)
     x = spec.render(rng)
-    # the distant machine comes and goes a little (it has its own duty cycle)
-    x *= 1.0 + 0.15 * smooth_noise(rng, n, sr, 0.3)
+    # the whole hall breathes slowly (ventilation, distant machine duty cycle); a slow sine keeps that
+    # from making some clips much more variable than others
+    x *= 1.0 + np.float32(0.1) * np.sin(wrap_cycles(rng.uniform(0.2, 0.4) * time_axis(n, sr) + rng.uniform()))
     times = poisson_times(rng, env.impact_rate_hz, n / sr)
     if times.size:
         modes = rng.uniform(300, 3000, 3)
         kern = burst_kernels(rng, times.size, sr, modes, rng.uniform(0.01, 0.05, 3), length_s=0.12)
-        add_events(x, times, rng.uniform(0.5, 3.0, times.size), kern, sr)
+        add_events(x, times, rng.uniform(0.3, 1.5, times.size), kern, sr)
     return x / np.sqrt(np.mean(np.square(x), dtype=np.float64) + 1e-12)
 
 

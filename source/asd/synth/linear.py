@@ -61,13 +61,13 @@ def render_slider(ctx: ClipContext) -> np.ndarray:
     intermittent squeal while moving).
     """
     rng, arng = ctx.rng, ctx.anomaly_rng
-    vel = float(ctx.attr("vel")) / 1000.0 * (1.0 + 0.01 * rng.standard_normal())  # m/s
-    acc = float(ctx.attr("ac")) * 9.81 * (1.0 + 0.02 * rng.standard_normal())  # m/s^2
+    vel = float(ctx.attr("vel")) / 1000.0 * (1.0 + 0.002 * rng.standard_normal())  # m/s, servo-controlled
+    acc = float(ctx.attr("ac")) * 9.81 * (1.0 + 0.005 * rng.standard_normal())  # m/s^2
     s_rail, s_lube = ctx.s("rail_damage"), ctx.s("no_lube")
 
     vp = min(vel, np.sqrt(acc * STROKE_M))  # short strokes never reach full speed
     t_move = STROKE_M / vp + vp / acc
-    dwell = 0.3 * rng.uniform(0.9, 1.1)
+    dwell = 0.3 * rng.uniform(0.97, 1.03)
     cycle = 2 * (t_move + dwell)
     t = time_axis(ctx.n, ctx.sr)
     tau = t + rng.uniform(0, cycle)
@@ -83,13 +83,13 @@ def render_slider(ctx: ClipContext) -> np.ndarray:
     # servo whine: pitch follows speed, louder while accelerating (torque)
     phase = np.cumsum(speed * (1000.0 / ctx.sr))
     whine_env = np.sqrt(moving) * (1.0 + 0.5 * accel_phase)
-    whine = _tone(phase, 3, 0.5 * np.array([1.0, 0.5, 0.25]) * rng.uniform(0.8, 1.2, 3))
+    whine = _tone(phase, 3, 0.5 * np.array([1.0, 0.5, 0.25]) * rng.uniform(0.9, 1.1, 3))
     x = (whine * whine_env).astype(np.float32)
 
     spec = Spectrum(ctx.n, ctx.sr)
-    spec.noise(resonance(spec.f, 3000.0 * rng.uniform(0.9, 1.1), 0.8) * highpass(spec.f, 200.0), 1.0)
+    spec.noise(resonance(spec.f, 3000.0 * rng.uniform(0.97, 1.03), 0.8) * highpass(spec.f, 200.0), 1.0)
     friction = spec.render(rng) * moving
-    x += (0.5 * (1.0 + 1.5 * s_lube)) * friction
+    x += (0.5 * np.exp(0.1 * rng.standard_normal()) * (1.0 + 0.3 * s_lube)) * friction
 
     x += 0.08 * np.sin(wrap_cycles(2400.0 * t + rng.uniform()))
 
@@ -97,7 +97,7 @@ def render_slider(ctx: ClipContext) -> np.ndarray:
     starts = np.flatnonzero(np.diff((speed > 0).astype(np.int8)) == 1) / ctx.sr
     stops = np.flatnonzero(np.diff((speed > 0).astype(np.int8)) == -1) / ctx.sr
     click_amp = 1.5 * (acc / (0.3 * 9.81)) ** 0.7
-    modes = np.array([900.0, 2100.0, 3700.0]) * rng.uniform(0.95, 1.05)
+    modes = np.array([900.0, 2100.0, 3700.0]) * rng.uniform(0.98, 1.02)
     for times, gain in ((stops, 1.0), (starts, 0.4)):
         if times.size:
             kern = burst_kernels(rng, times.size, ctx.sr, modes, np.array([0.02, 0.01, 0.006]), length_s=0.08)
@@ -107,21 +107,21 @@ def render_slider(ctx: ClipContext) -> np.ndarray:
         spot = arng.uniform(0.2, 0.8) * STROKE_M
         crossings = np.flatnonzero(np.diff(np.sign(position - spot)) != 0) / ctx.sr
         kern = burst_kernels(arng, crossings.size, ctx.sr, arng.uniform(1500, 4000, 2), 0.004, length_s=0.03)
-        add_events(x, crossings, 1.5 * s_rail * arng.uniform(0.7, 1.0, crossings.size), kern, ctx.sr)
+        add_events(x, crossings, 7.0 * s_rail * arng.uniform(0.7, 1.0, crossings.size), kern, ctx.sr)
     if s_lube > 0:
         sq_f = arng.uniform(2000, 3500) * (1.0 + 0.01 * smooth_noise(arng, ctx.n, ctx.sr, 2.0))
         sq_phase = wrap_cycles(np.cumsum(sq_f / ctx.sr, dtype=np.float64))
         on = np.clip(smooth_noise(arng, ctx.n, ctx.sr, 1.0) + 0.3, 0.0, 1.0) * moving
-        x += (0.5 * s_lube) * on * np.sin(sq_phase)
+        x += (0.06 * s_lube) * on * np.sin(sq_phase)
     return x
 
 
 SLIDER = MachineType(
     name="slider",
     source_attributes=grid(vel=("300", "500", "700"), ac=("0.10", "0.30")),
-    target_attributes=grid(vel=("900",), ac=("0.10", "0.50")),
+    target_attributes=grid(vel=("900",), ac=("0.50",)),
     anomalies=("rail_damage", "no_lube"),
-    base_strength=0.6,
+    base_strength=3.5,
     renderer=render_slider,
 )
 
@@ -133,7 +133,7 @@ VALVE_PATTERNS: dict[str, tuple[float, tuple[tuple[float, float], ...]]] = {
     "00": (2.0, ((0.0, 0.5),)),
     "01": (2.0, ((0.0, 0.2), (0.6, 0.2))),
     "02": (2.5, ((0.0, 1.0), (1.4, 0.3))),
-    "03": (1.5, ((0.0, 0.1), (0.3, 0.1), (0.6, 0.1))),
+    "03": (1.8, ((0.0, 0.25), (0.45, 0.25), (0.9, 0.25))),
 }
 
 
@@ -162,7 +162,7 @@ def render_valve(ctx: ClipContext) -> np.ndarray:
         p = np.tanh(s_stick)
         late = arng.uniform(size=t_open.size) < 0.6 * p
         t_open = t_open + late * arng.uniform(0.02, 0.15, t_open.size) * p
-        keep = arng.uniform(size=t_open.size) >= 0.25 * p  # the valve sometimes does not open at all
+        keep = arng.uniform(size=t_open.size) >= 0.5 * p  # the valve sometimes does not open at all
         t_open, t_close = t_open[keep], t_close[keep]
         t_close = np.maximum(t_close, t_open + 0.01)
 
@@ -173,11 +173,11 @@ def render_valve(ctx: ClipContext) -> np.ndarray:
 
     spec = Spectrum(ctx.n, ctx.sr)
     f = spec.f
-    spec.noise(resonance(f, (1200.0 + 400.0 * flow) * rng.uniform(0.95, 1.05), 1.2) * highpass(f, 300.0), 1.0)
+    spec.noise(resonance(f, (1200.0 + 400.0 * flow) * rng.uniform(0.99, 1.01), 1.2) * highpass(f, 300.0), 1.0)
     x = (0.35 * flow / 4.0) * spec.render(rng) * gate
 
     t = time_axis(ctx.n, ctx.sr)
-    hum_f = 120.0 * rng.uniform(0.98, 1.02)
+    hum_f = 120.0 * rng.uniform(0.995, 1.005)
     hum_phase = hum_f * t + rng.uniform()
     x += _tone(hum_phase, 3, 0.12 * np.array([1.0, 0.5, 0.3]))
 
@@ -196,23 +196,23 @@ def render_valve(ctx: ClipContext) -> np.ndarray:
         bounce = arng.uniform(size=t_open.size) < 0.4 * np.tanh(s_stick)
         tb = t_open[bounce] + arng.uniform(0.015, 0.04, bounce.sum())
         kb = burst_kernels(arng, tb.size, ctx.sr, open_modes, open_dec, length_s=0.06)
-        add_events(x, tb, 0.8 * arng.uniform(0.5, 1.0, tb.size), kb, ctx.sr)
+        add_events(x, tb, 1.5 * arng.uniform(0.5, 1.0, tb.size), kb, ctx.sr)
     if s_leak > 0:
         leak = Spectrum(ctx.n, ctx.sr)
         leak.noise(resonance(leak.f, arng.uniform(4000, 6000), 1.5), 1.0)
-        x += (0.15 * s_leak) * leak.render(arng)
+        x += (0.08 * s_leak) * leak.render(arng)
     if s_cont > 0:
         wf = arng.uniform(3000, 4500)
         whistle = np.sin(wrap_cycles(wf * t + arng.uniform()))
-        x += (0.3 * s_cont) * whistle * gate
+        x += (0.1 * s_cont) * whistle * gate
     return x
 
 
 VALVE = MachineType(
     name="valve",
     source_attributes=grid(pat=("00", "01", "02"), flow=("2", "4")),
-    target_attributes=grid(pat=("03",), flow=("2", "6")),
+    target_attributes=grid(pat=("03",), flow=("6",)),
     anomalies=("leak", "sticking", "contamination"),
-    base_strength=0.6,
+    base_strength=5.0,
     renderer=render_valve,
 )

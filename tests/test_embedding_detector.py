@@ -1,0 +1,141 @@
+"""The embedding detector (angular-margin classifier + cosine k-NN) on a tiny synthetic dataset: it
+learns, it is reproducible, its checkpoint round-trips, it refuses foreign caches, and it trains on
+machine types with hidden attributes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from asd.data import split_train_validation
+from asd.detector import FingerprintMismatch, TrainConfig, load_detector
+from asd.features import FeatureConfig
+from asd.models.embedding import EmbeddingDetector, EmbeddingDetectorConfig
+from asd.models.embedding_data import augmented_labels, build_class_table, class_weights, mel_shift
+from asd.models.registry import make_detector
+from asd.prep import PrepConfig, run_prep
+from asd.shard import Shard
+from asd.synth import generate_dataset
+
+# Small but complete: the shift task and mixup stay on, the network is the default one.
+FAST = EmbeddingDetectorConfig(epochs=2, batch_size=32)
+TRAIN = TrainConfig(epochs=None, seed=3, device="cpu", val_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fan (attributes in the names) and valve (hidden attributes), 2 s clips, clear anomalies; prepared
+    with the default features, and fan once more with 64 mel bins (another fingerprint)."""
+    raw = tmp_path_factory.mktemp("raw") / "synth"
+    generate_dataset(raw, seed=0, scale=0.03, machines=["fan", "valve"], hidden_attributes=["valve"],
+                     anomaly_strength=3.0, clip_seconds=2.0, n_jobs=1)
+    out = tmp_path_factory.mktemp("processed")
+    run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out / "default"), jobs=1), show_progress=False)
+    run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out / "mel64"), jobs=1, machines=("fan",),
+                        features=FeatureConfig(n_mels=64)), show_progress=False)
+    return {"default": next((out / "default").rglob("fan")), "mel64": next((out / "mel64").rglob("fan")),
+            "valve": next((out / "default").rglob("valve"))}
+
+
+def fit(machine_dir: Path, config: EmbeddingDetectorConfig = FAST,
+        train: TrainConfig = TRAIN) -> EmbeddingDetector:
+    shard = Shard(machine_dir / "train.h5")
+    clips = shard.clips
+    train_clips, val_clips = split_train_validation(clips[clips["label"] != "anomaly"], train.val_fraction,
+                                                    train.seed)
+    return EmbeddingDetector(config).fit(shard, train_clips, val_clips, train, log=lambda line: None)
+
+
+def scores_of(detector: EmbeddingDetector, machine_dir: Path) -> pd.Series:
+    return detector.score_clips(Shard(machine_dir / "test.h5"), device="cpu")
+
+
+
+
+@pytest.fixture(scope="module")
+def fitted(processed: dict[str, Path]) -> EmbeddingDetector:
+    return fit(processed["default"])
+
+
+def test_learns_to_separate_anomalies(fitted: EmbeddingDetector, processed: dict[str, Path]) -> None:
+    scores = scores_of(fitted, processed["default"])
+    clips = Shard(processed["default"] / "test.h5").clips.loc[scores.index]
+    assert np.isfinite(scores.to_numpy()).all()
+    assert roc_auc_score(clips["label"] == "anomaly", scores) > 0.75
+    assert len(fitted.history_) == 2 and {"train_loss", "val_loss"} <= set(fitted.history_[0])
+    assert any("spd" in name for name in fitted.class_names_)  # attribute classes, not just domains
+
+
+def test_same_seed_same_scores(fitted: EmbeddingDetector, processed: dict[str, Path]) -> None:
+    again = fit(processed["default"])
+    np.testing.assert_array_equal(scores_of(again, processed["default"]),
+                                  scores_of(fitted, processed["default"]))
+
+
+def test_checkpoint_round_trip(fitted: EmbeddingDetector, processed: dict[str, Path], tmp_path: Path) -> None:
+    path = fitted.save(tmp_path / "model.pt")
+    torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and values only
+    loaded = load_detector(path)
+    assert isinstance(loaded, EmbeddingDetector)
+    assert loaded.config == fitted.config and loaded.class_names_ == fitted.class_names_
+    np.testing.assert_array_equal(scores_of(loaded, processed["default"]),
+                                  scores_of(fitted, processed["default"]))
+
+
+def test_refuses_a_cache_with_other_features(fitted: EmbeddingDetector, processed: dict[str, Path]) -> None:
+    with pytest.raises(FingerprintMismatch):
+        scores_of(fitted, processed["mel64"])
+
+
+def test_hidden_attributes_still_train(processed: dict[str, Path]) -> None:
+    # Also the other options: ArcFace, no shift task, no mixup, clip-level embeddings, normalised banks,
+    # and `train.epochs` overriding the config's epochs.
+    config = replace(FAST, head="arcface", aux_shifts=(0,), mixup_alpha=0.0, level="clip", combine="normalized")
+    detector = fit(processed["valve"], config, replace(TRAIN, epochs=1))
+    assert detector.class_names_ == ["section_00/source", "section_00/target"]
+    assert len(detector.history_) == 1
+    scores = scores_of(detector, processed["valve"])
+    assert np.isfinite(scores.to_numpy()).all() and scores.nunique() > 1
+
+
+def test_registered() -> None:
+    detector = make_detector("embed")
+    assert isinstance(detector, EmbeddingDetector) and detector.config == EmbeddingDetectorConfig()
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="head"):
+        EmbeddingDetectorConfig(head="softmax")
+    with pytest.raises(ValueError, match="combine"):
+        EmbeddingDetectorConfig(combine="mean")
+    assert EmbeddingDetectorConfig(aux_shifts=[0, 2]).aux_shifts == (0, 2)  # lists from checkpoints
+
+
+def test_class_table_and_weights() -> None:
+    clips = pd.DataFrame({"section": ["00", "00", "00", "01", "01"],
+                          "attributes": ["spd_1", "spd_1", "noAttribute", "", "spd_2"],
+                          "domain": ["source", "source", "target", "source", "target"]})
+    assert build_class_table(clips, np.arange(5)) == [
+        "section_00/spd_1/source", "section_00/target", "section_01/source", "section_01/spd_2/target"]
+    weights = class_weights(np.array([990, 10]), power=0.5)
+    assert weights[1] / weights[0] == pytest.approx(np.sqrt(99))
+    np.testing.assert_allclose(class_weights(np.array([5, 50]), power=0.0), [1.0, 1.0])
+
+
+def test_mel_shift_and_labels() -> None:
+    x = torch.arange(5.0).view(1, 5, 1).expand(3, 5, 2).contiguous()
+    shifted = mel_shift(x, torch.tensor([0, 2, -1]))
+    assert shifted[0, :, 0].tolist() == [0, 1, 2, 3, 4]
+    assert shifted[1, :, 0].tolist() == [0, 0, 0, 1, 2]  # energy moves up, the lowest bin repeats
+    assert shifted[2, :, 0].tolist() == [1, 2, 3, 4, 4]
+    generator = torch.Generator().manual_seed(0)
+    out, labels = augmented_labels(x, torch.tensor([0, 1, 1]), (0, 2, -1), generator)
+    for row, label in zip(out, labels.tolist(), strict=True):
+        assert label // 3 in (0, 1)
+        torch.testing.assert_close(row, mel_shift(x[:1], torch.tensor([(0, 2, -1)[label % 3]]))[0])
