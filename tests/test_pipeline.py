@@ -33,8 +33,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny two-machine dataset with loud anomalies, prepped through the real entry script."""
     base = tmp_path_factory.mktemp("pipeline")
     raw = base / "raw"
-    generate_dataset(raw / "synth", seed=1, scale=0.03, machines=MACHINES, clip_seconds=3.0,
-                     anomaly_strength=3.0, n_jobs=1)
+    generate_dataset(raw / "synth", seed=1, scale=0.04, machines=MACHINES, clip_seconds=3.0,
+                     anomaly_strength=8.0, n_jobs=1)
     done = _python("source/data_prep.py", "--raw-dir", str(raw), "--out-dir", str(base / "processed"),
                    "--jobs", "1", "--quiet")
     assert done.returncode == 0, done.stderr
@@ -47,7 +47,7 @@ def finished_run(tiny) -> tuple[Path, subprocess.CompletedProcess]:
     done = _python("source/main.py", "--help")
     assert done.returncode == 0 and "train" in done.stdout
     done = _python("source/main.py", "run", "--processed-dir", str(tiny["processed"]), "--output-dir",
-                   str(run_dir), "--epochs", "3", "--model", "ae")
+                   str(run_dir), "--epochs", "60", "--model", "ae")
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir, done
 

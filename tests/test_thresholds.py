@@ -109,3 +109,19 @@ def test_gamma_threshold_gives_about_ten_percent_false_alarms_on_fresh_normals()
     fit = fit_threshold(dist.rvs(size=3000, random_state=rng))
     far = false_alarm_rate(dist.rvs(size=20000, random_state=rng), fit.value)
     assert far == pytest.approx(0.10, abs=0.015)
+
+
+def test_gamma_fit_that_does_not_describe_the_scores_falls_back() -> None:
+    rng = np.random.default_rng(0)
+    # a tight cluster plus one outlier: a free gamma fit does not describe it
+    scores = np.concatenate([rng.normal(0.09, 0.005, 30), [0.2]])
+    fit = fit_threshold(scores, method="gamma", percentile=90.0)
+    assert fit.method == "percentile" and "does not describe" in fit.note
+    assert fit.value == pytest.approx(np.percentile(scores, 90.0))
+    assert scores.min() <= fit.value <= scores.max()
+
+
+def test_gamma_fit_that_describes_the_scores_is_kept() -> None:
+    scores = np.random.default_rng(1).gamma(2.0, 1.0, 300)
+    fit = fit_threshold(scores, method="gamma", percentile=90.0)
+    assert fit.method == "gamma" and fit.note == ""

@@ -22,6 +22,8 @@ import scipy.stats
 METHODS = ("gamma", "percentile")
 # Fewer scores than this cannot support a three-parameter gamma fit.
 MIN_SCORES_FOR_GAMMA = 3
+# Below this Kolmogorov-Smirnov p-value the fitted gamma is taken not to describe the scores.
+MIN_FIT_P_VALUE = 0.01
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,15 @@ def _fit_gamma(scores: np.ndarray, q: float) -> tuple[float, tuple[float, float,
     params = (float(shape), float(loc), float(scale))
     if not np.all(np.isfinite(params)) or not np.isfinite(value):
         return float("nan"), params, "gamma fit gave a non-finite threshold"
+    # A free three-parameter fit on a few dozen scores can converge to a shape that does not describe
+    # them; its percentile can then lie far outside the data. Such a fit is not trusted.
+    fit_p = scipy.stats.kstest(scores, "gamma", args=params).pvalue
+    if fit_p < MIN_FIT_P_VALUE:
+        return float("nan"), params, f"gamma fit does not describe the scores (KS test p={fit_p:.2g})"
+    spread = float(np.ptp(scores))
+    if not scores.min() - spread <= value <= scores.max() + spread:
+        return float("nan"), params, (f"gamma threshold {value:.4g} lies far outside the normal scores "
+                                      f"[{scores.min():.4g}, {scores.max():.4g}]")
     return value, params, ""
 
 

@@ -65,6 +65,18 @@ class _CosineHead(nn.Module):
     def _centre_cosine(self, embeddings: Tensor) -> Tensor:
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
 
+    def cosine(self, embeddings: Tensor) -> Tensor:
+        """Cosine similarity to each class centre ``[B, n_classes]``."""
+        return self._centre_cosine(embeddings)
+
+    def logits_without_margin(self, embeddings: Tensor) -> Tensor:
+        """Inference logits ``s * cos`` ``[B, n_classes]`` with the head's current scale."""
+        return self.scale * self.cosine(embeddings)
+
+    def loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """Mean (soft) cross-entropy of the training logits."""
+        return soft_cross_entropy(self(embeddings, labels), labels)
+
 
 class ArcFaceHead(_CosineHead):
     """ArcFace (additive angular margin): target logit ``s * cos(theta + m)``, others ``s * cos(theta)``.
@@ -79,14 +91,6 @@ class ArcFaceHead(_CosineHead):
         self.scale = scale
         self.margin = margin
 
-    def cosine(self, embeddings: Tensor) -> Tensor:
-        """Cosine similarity to each class centre ``[B, n_classes]``."""
-        return self._centre_cosine(embeddings)
-
-    def logits_without_margin(self, embeddings: Tensor) -> Tensor:
-        """Inference logits ``s * cos`` ``[B, n_classes]``."""
-        return self.scale * self.cosine(embeddings)
-
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Training logits with the margin applied to the (soft) target classes."""
         cos = self.cosine(embeddings)
@@ -96,10 +100,6 @@ class ArcFaceHead(_CosineHead):
         cos_m = cos * math.cos(m) - sin * math.sin(m)  # cos(theta + m)
         cos_m = torch.where(cos > math.cos(math.pi - m), cos_m, cos - m * math.sin(m))
         return self.scale * (cos + y * (cos_m - cos))
-
-    def loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Mean (soft) cross-entropy of the margin logits."""
-        return soft_cross_entropy(self(embeddings, labels), labels)
 
 
 def adacos_fixed_scale(n_logits: int) -> float:
@@ -145,14 +145,6 @@ class AdaCosHead(_CosineHead):
         self.min_scale = min_scale
         self.register_buffer("scale", torch.tensor(adacos_fixed_scale(n_classes)))
 
-    def cosine(self, embeddings: Tensor) -> Tensor:
-        """Cosine similarity to each class centre ``[B, n_classes]``."""
-        return self._centre_cosine(embeddings)
-
-    def logits_without_margin(self, embeddings: Tensor) -> Tensor:
-        """Inference logits ``s * cos`` with the current scale."""
-        return self.scale * self.cosine(embeddings)
-
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Training logits; updates the scale first when training and dynamic."""
         cos = self.cosine(embeddings)
@@ -160,10 +152,6 @@ class AdaCosHead(_CosineHead):
             y = as_soft_labels(labels, self.n_classes, cos.dtype)
             self.scale.fill_(adacos_scale_update(cos.detach(), y, float(self.scale), self.min_scale))
         return self.scale * cos
-
-    def loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Mean (soft) cross-entropy of the logits."""
-        return soft_cross_entropy(self(embeddings, labels), labels)
 
 
 class SubClusterAdaCosHead(_CosineHead):
@@ -225,7 +213,3 @@ class SubClusterAdaCosHead(_CosineHead):
             theta_med = torch.acos(target_cos.clamp(-1.0 + 1e-7, 1.0 - 1e-7)).median()
             new = torch.log(b_avg.clamp(min=1e-12)) / torch.cos(torch.clamp(theta_med, max=math.pi / 4))
         return max(float(new), self.min_scale)  # same floor as adacos_scale_update
-
-    def loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Mean (soft) cross-entropy of the class logits."""
-        return soft_cross_entropy(self(embeddings, labels), labels)

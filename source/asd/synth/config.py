@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .machines import MACHINE_TYPES, get_machine
@@ -34,7 +34,7 @@ class SynthConfig:
 
     seed: int = 0
     scale: float = 1.0
-    machines: tuple[str, ...] = field(default=MACHINE_TYPES)
+    machines: tuple[str, ...] = MACHINE_TYPES
     naming: str = "2024"
     stereo: bool = False
     hidden_attributes: tuple[str, ...] = ()

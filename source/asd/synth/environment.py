@@ -23,8 +23,8 @@ from .signals import (
     poisson_times,
     power_law,
     resonance,
+    slow_sine,
     time_axis,
-    wrap_cycles,
 )
 
 
@@ -44,6 +44,9 @@ class Environment:
     rt60_s: float  # reverberation seen by the far mic
 
 
+# Per-clip random ranges (SNR, distant machine speed) are narrow on purpose: with only 10 target training
+# clips, every random parameter of the target domain widens the gap between domains far more than real
+# recordings do (measured with bench/synth_difficulty.py).
 ENVIRONMENTS: dict[str, Environment] = {
     "source": Environment(
         noise_exponent=1.0, hum_hz=50.0, distant_hz=(99.8, 100.2), distant_level=0.35,
@@ -59,7 +62,6 @@ ENVIRONMENTS: dict[str, Environment] = {
 
 OUTPUT_GAIN = 0.05  # near-mic machine RMS in full scale (about -26 dBFS), leaves headroom for impacts
 FAR_ATTENUATION = 0.3  # far mic hears the machine about 10 dB quieter
-FAR_EXTRA_NOISE = 1.0  # the diffuse background is as loud there, so relatively louder
 
 
 @lru_cache(maxsize=8)
@@ -87,7 +89,7 @@ def render_background(rng: np.random.Generator, env: Environment, n: int, sr: in
     x = spec.render(rng)
     # the whole hall breathes slowly (ventilation, distant machine duty cycle); a slow sine keeps that
     # from making some clips much more variable than others
-    x *= 1.0 + np.float32(0.1) * np.sin(wrap_cycles(rng.uniform(0.2, 0.4) * time_axis(n, sr) + rng.uniform()))
+    x *= 1.0 + np.float32(0.1) * slow_sine(n, sr, rng.uniform(0.2, 0.4), rng.uniform())
     times = poisson_times(rng, env.impact_rate_hz, n / sr)
     if times.size:
         modes = rng.uniform(300, 3000, 3)
@@ -132,8 +134,8 @@ def render_scene(
     """Mix machine (unit RMS design level) with the domain background as heard by the near mic.
 
     With ``rng_far`` given, returns (n, 2): left = near mic (identical to the mono result), right = far
-    mic (machine attenuated, reverberant and air-damped; background relatively louder and partly
-    decorrelated from the left channel).
+    mic (machine attenuated, reverberant and air-damped; background as loud as at the near mic, hence
+    relatively louder, and partly decorrelated from the left channel).
     """
     env = ENVIRONMENTS[domain]
     n = machine.size
@@ -147,7 +149,9 @@ def render_scene(
     far_machine = scipy.signal.sosfilt(butter_sos("lowpass", 4000.0, 1, sr), far_machine)
     # a lag of >= 1 s decorrelates the broadband background while hum and distant machine stay coherent
     lag = int(rng_far.integers(sr, max(sr + 1, n - sr)))
-    far_bg = 0.8 * bg + 0.6 * np.roll(bg, lag)
-    far = FAR_ATTENUATION * far_machine + FAR_EXTRA_NOISE * bg_gain * far_bg
+    far_bg = bg + np.roll(bg, lag)
+    # the diffuse background is as loud at both mics (bg has unit RMS)
+    far_bg *= np.float32(1.0 / np.sqrt(np.mean(np.square(far_bg), dtype=np.float64) + 1e-12))
+    far = FAR_ATTENUATION * far_machine + bg_gain * far_bg
     far = microphone(OUTPUT_GAIN * far.astype(np.float32), domain, sr)
     return np.stack([near, far], axis=1)

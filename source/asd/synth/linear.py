@@ -12,11 +12,14 @@ from .machine_base import ClipContext, MachineType, grid
 from .signals import (
     Spectrum,
     add_events,
+    band_power,
     burst_kernels,
-    highpass,
+    linear_phase32,
     resonance,
     smooth_noise,
+    steady_tone,
     time_axis,
+    time_axis32,
     wrap_cycles,
 )
 
@@ -31,13 +34,12 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _tone(cycles: np.ndarray, harmonics: int, amps: np.ndarray) -> np.ndarray:
-    """Sum of harmonics 1..``harmonics`` of a running phase given in cycles (float64).
+def _tone(wrapped: np.ndarray, harmonics: int, amps: np.ndarray) -> np.ndarray:
+    """Sum of harmonics 1..``harmonics`` of a running phase (float32 radians, kept small).
 
-    The phase is wrapped once in float64; higher harmonics come from the angle-addition recurrence,
-    which avoids one transcendental call per harmonic.
+    Higher harmonics come from the angle-addition recurrence, which avoids one transcendental call per
+    harmonic.
     """
-    wrapped = wrap_cycles(cycles)
     s1, c1 = np.sin(wrapped), np.cos(wrapped)
     sh, ch = s1, c1
     out = np.float32(amps[0]) * s1
@@ -69,29 +71,35 @@ def render_slider(ctx: ClipContext) -> np.ndarray:
     t_move = STROKE_M / vp + vp / acc
     dwell = 0.3 * rng.uniform(0.97, 1.03)
     cycle = 2 * (t_move + dwell)
-    t = time_axis(ctx.n, ctx.sr)
-    tau = t + rng.uniform(0, cycle)
-    tau -= cycle * np.floor(tau / cycle)
-    second = tau >= t_move + dwell
-    tm = np.where(second, tau - t_move - dwell, tau)
-    speed = np.clip(np.minimum(acc * tm, acc * (t_move - tm)), 0.0, vp) * (tm < t_move)
+    # motion profile in float32 (sub-microsecond accuracy is irrelevant for envelopes)
+    f32 = np.float32
+    t32 = time_axis32(ctx.n, ctx.sr)
+    tau = t32 + f32(rng.uniform(0, cycle))
+    tau -= f32(cycle) * np.floor(tau / f32(cycle))
+    second = tau >= f32(t_move + dwell)
+    tm = np.where(second, tau - f32(t_move + dwell), tau)
+    speed = np.minimum(f32(acc) * tm, f32(acc) * (f32(t_move) - tm))
+    np.clip(speed, f32(0.0), f32(vp), out=speed)
+    speed *= tm < f32(t_move)
     velocity = np.where(second, -speed, speed)
-    position = np.cumsum(velocity) / ctx.sr
-    moving = (speed / vp).astype(np.float32)
-    accel_phase = ((tm < vp / acc) | ((t_move - tm) < vp / acc)) & (tm < t_move)
+    position = np.cumsum(velocity, dtype=np.float64) / ctx.sr
+    moving = speed * f32(1.0 / vp)
+    ramp = f32(vp / acc)
+    accel_phase = ((tm < ramp) | ((f32(t_move) - tm) < ramp)) & (tm < f32(t_move))
 
     # servo whine: pitch follows speed, louder while accelerating (torque)
-    phase = np.cumsum(speed * (1000.0 / ctx.sr))
+    # float32 running phase: rounding makes a negligible phase wander, far below the speed jitter
+    phase = np.cumsum(speed * f32(1000.0 / ctx.sr))
     whine_env = np.sqrt(moving) * (1.0 + 0.5 * accel_phase)
-    whine = _tone(phase, 3, 0.5 * np.array([1.0, 0.5, 0.25]) * rng.uniform(0.9, 1.1, 3))
+    whine = _tone(wrap_cycles(phase), 3, 0.5 * np.array([1.0, 0.5, 0.25]) * rng.uniform(0.9, 1.1, 3))
     x = (whine * whine_env).astype(np.float32)
 
     spec = Spectrum(ctx.n, ctx.sr)
-    spec.noise(resonance(spec.f, 3000.0 * rng.uniform(0.97, 1.03), 0.8) * highpass(spec.f, 200.0), 1.0)
+    spec.add_power(band_power(ctx.n, ctx.sr, round(3000.0 * rng.uniform(0.97, 1.03), -1), 0.8, 200.0), 1.0)
     friction = spec.render(rng) * moving
     x += (0.5 * np.exp(0.1 * rng.standard_normal()) * (1.0 + 0.3 * s_lube)) * friction
 
-    x += 0.08 * np.sin(wrap_cycles(2400.0 * t + rng.uniform()))
+    x += f32(0.08) * steady_tone(ctx.n, ctx.sr, 2400.0, rng.uniform())
 
     # stop clicks at the end of every movement, smaller start clicks
     starts = np.flatnonzero(np.diff((speed > 0).astype(np.int8)) == 1) / ctx.sr
@@ -107,7 +115,7 @@ def render_slider(ctx: ClipContext) -> np.ndarray:
         spot = arng.uniform(0.2, 0.8) * STROKE_M
         crossings = np.flatnonzero(np.diff(np.sign(position - spot)) != 0) / ctx.sr
         kern = burst_kernels(arng, crossings.size, ctx.sr, arng.uniform(1500, 4000, 2), 0.004, length_s=0.03)
-        add_events(x, crossings, 7.0 * s_rail * arng.uniform(0.7, 1.0, crossings.size), kern, ctx.sr)
+        add_events(x, crossings, 9.0 * s_rail * arng.uniform(0.7, 1.0, crossings.size), kern, ctx.sr)
     if s_lube > 0:
         sq_f = arng.uniform(2000, 3500) * (1.0 + 0.01 * smooth_noise(arng, ctx.n, ctx.sr, 2.0))
         sq_phase = wrap_cycles(np.cumsum(sq_f / ctx.sr, dtype=np.float64))
@@ -121,7 +129,7 @@ SLIDER = MachineType(
     source_attributes=grid(vel=("300", "500", "700"), ac=("0.10", "0.30")),
     target_attributes=grid(vel=("900",), ac=("0.50",)),
     anomalies=("rail_damage", "no_lube"),
-    base_strength=3.5,
+    base_strength=3.2,
     renderer=render_slider,
 )
 
@@ -172,13 +180,13 @@ def render_valve(ctx: ClipContext) -> np.ndarray:
     gate = _moving_average(gate, int(0.01 * ctx.sr))
 
     spec = Spectrum(ctx.n, ctx.sr)
-    f = spec.f
-    spec.noise(resonance(f, (1200.0 + 400.0 * flow) * rng.uniform(0.99, 1.01), 1.2) * highpass(f, 300.0), 1.0)
+    fc = round((1200.0 + 400.0 * flow) * rng.uniform(0.99, 1.01), -1)
+    spec.add_power(band_power(ctx.n, ctx.sr, fc, 1.2, 300.0), 1.0)
     x = (0.35 * flow / 4.0) * spec.render(rng) * gate
 
     t = time_axis(ctx.n, ctx.sr)
     hum_f = 120.0 * rng.uniform(0.995, 1.005)
-    hum_phase = hum_f * t + rng.uniform()
+    hum_phase = linear_phase32(ctx.n, ctx.sr, hum_f, rng.uniform())
     x += _tone(hum_phase, 3, 0.12 * np.array([1.0, 0.5, 0.3]))
 
     shift = 1.0 - 0.2 * np.tanh(s_cont)

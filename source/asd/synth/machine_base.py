@@ -73,8 +73,3 @@ def grid(**values: tuple[str, ...]) -> tuple[Attributes, ...]:
 def attribute_string(attributes: Attributes) -> str:
     """DCASE file-name tail, e.g. ``spd_31V_load_2``."""
     return "_".join(f"{k}_{v}" for k, v in attributes)
-
-
-def unit_rms(x: np.ndarray, reference: float) -> np.ndarray:
-    """Scale by a fixed per-attribute reference RMS (not the clip's own RMS, which would hide anomalies)."""
-    return (x / reference).astype(np.float32, copy=False)

@@ -13,13 +13,13 @@ from .machine_base import ClipContext, MachineType, grid
 from .signals import (
     Spectrum,
     add_events,
+    band_power,
     burst_kernels,
     highpass,
     lowpass,
     periodic_times,
     resonance,
-    time_axis,
-    wrap_cycles,
+    slow_sine,
 )
 
 
@@ -86,9 +86,8 @@ def render_fan(ctx: ClipContext) -> np.ndarray:
         spec.peaks(np.array([0.55 * fc * arng.uniform(0.9, 1.1)]), np.array([0.15 * loud * s_clog]), 3.0)
 
     x = spec.render(rng)
-    t = time_axis(ctx.n, ctx.sr)
     depth = rng.uniform(0.01, 0.05) + min(0.3 * s_imb, 0.9)
-    x *= 1.0 + np.float32(depth) * np.sin(wrap_cycles(fr * t + rng.uniform()))
+    x *= 1.0 + np.float32(depth) * slow_sine(ctx.n, ctx.sr, fr, rng.uniform())
 
     if s_brg > 0:
         times = periodic_times(arng, 3.07 * fr, ctx.duration, 0.02)
@@ -104,7 +103,7 @@ FAN = MachineType(
     source_attributes=grid(spd=("1200", "1500", "1800"), bld=("5", "7")),
     target_attributes=grid(spd=("2100",), bld=("7",)),
     anomalies=("imbalance", "bearing", "clogging"),
-    base_strength=2.2,
+    base_strength=1.8,
     renderer=render_fan,
 )
 
@@ -126,7 +125,6 @@ def render_gearbox(ctx: ClipContext) -> np.ndarray:
     s_tooth, s_wear = ctx.s("broken_tooth"), ctx.s("wear")
 
     spec = Spectrum(ctx.n, ctx.sr)
-    f = spec.f
     loud = (volts / 31.0) ** 1.2 * float(_jitter(rng, 1, 0.05)[0])
     mesh = 27.0 * fr
     k = np.arange(1, 6)
@@ -147,8 +145,8 @@ def render_gearbox(ctx: ClipContext) -> np.ndarray:
     add_harmonics(spec, rng, np.array([fr, 2 * fr]), np.array([0.05, 0.03]) * loud, 0.002)
     add_harmonics(spec, rng, np.array([44.0 * fr]), np.array([0.08 * loud]), 0.001)
 
-    noise_shape = resonance(f, 2500.0 * rng.uniform(0.98, 1.02), 1.0) * highpass(f, 100.0)
-    spec.noise(noise_shape, 0.25 * loud * (1.0 + 0.3 * load) * (1.0 + 0.5 * s_wear))
+    noise_power = band_power(ctx.n, ctx.sr, round(2500.0 * rng.uniform(0.98, 1.02), -1), 1.0, 100.0)
+    spec.add_power(noise_power, 0.25 * loud * (1.0 + 0.3 * load) * (1.0 + 0.5 * s_wear))
 
     x = spec.render(rng)
     if s_tooth > 0:

@@ -33,6 +33,27 @@ def time_axis(n: int, sr: int) -> FloatArray:
     return t
 
 
+@lru_cache(maxsize=16)
+def time_axis32(n: int, sr: int) -> FloatArray:
+    """float32 sample times: precise enough for the phase of slow modulations (a few Hz * seconds)."""
+    t = time_axis(n, sr).astype(np.float32)
+    t.setflags(write=False)
+    return t
+
+
+def linear_phase32(n: int, sr: int, freq_hz: float, phase_cycles: float) -> FloatArray:
+    """Radians 2 pi (f t + phase) in float32, unwrapped: only for f * duration below ~1e4 cycles."""
+    arg = time_axis32(n, sr) * np.float32(2 * np.pi * freq_hz)
+    arg += np.float32(2 * np.pi * phase_cycles)
+    return arg
+
+
+def slow_sine(n: int, sr: int, freq_hz: float, phase_cycles: float) -> FloatArray:
+    """sin(2 pi (f t + phase)) in float32 (see ``linear_phase32`` for the frequency limit)."""
+    arg = linear_phase32(n, sr, freq_hz, phase_cycles)
+    return np.sin(arg, out=arg)
+
+
 class Spectrum:
     """Accumulates the stationary part of a signal in the frequency domain.
 
@@ -46,7 +67,7 @@ class Spectrum:
         self.f = rfft_freqs(n, sr)
         self.df = sr / n
         self.power = np.zeros(self.f.shape, dtype=np.float64)
-        self.lines = np.zeros(self.f.shape, dtype=np.complex128)
+        self.lines = np.zeros(self.f.shape, dtype=np.complex64)
 
     def noise(self, shape: FloatArray, rms: float) -> None:
         """Add Gaussian noise with magnitude response ``shape`` (over ``self.f``) and the given RMS."""
@@ -109,7 +130,7 @@ class Spectrum:
         spec = np.empty(self.f.size, np.complex64)
         spec.real = amp * np.cos(phase)
         spec.imag = amp * np.sin(phase)
-        spec += self.lines.astype(np.complex64)
+        spec += self.lines
         return scipy.fft.irfft(spec, self.n)
 
 
@@ -227,10 +248,29 @@ def fft_convolve(x: FloatArray, ir: FloatArray) -> FloatArray:
 
 
 def wrap_cycles(cycles: FloatArray) -> FloatArray:
-    """Running phase in cycles (float64) to wrapped radians (float32); floor is much cheaper than np.mod."""
-    frac = (cycles - np.floor(cycles)).astype(np.float32)
+    """Running phase in cycles to wrapped radians (float32); floor is much cheaper than np.mod."""
+    frac = (cycles - np.floor(cycles)).astype(np.float32, copy=False)
     frac *= np.float32(2 * np.pi)
     return frac
+
+
+def steady_tone(n: int, sr: int, freq_hz: float, phase_cycles: float) -> FloatArray:
+    """Constant-frequency sine computed in float32 (phase error below 0.02 rad for 10 s at 8 kHz)."""
+    cycles = time_axis32(n, sr) * np.float32(freq_hz)
+    cycles += np.float32(phase_cycles)
+    return np.sin(wrap_cycles(cycles))
+
+
+@lru_cache(maxsize=48)
+def band_power(n: int, sr: int, fc_hz: float, q: float, highpass_hz: float) -> FloatArray:
+    """Cached unit power profile of a resonance times a high-pass (see ``Spectrum.add_power``).
+
+    Callers round ``fc_hz`` so that random per-clip centre frequencies hit the cache.
+    """
+    spec = Spectrum(n, sr)
+    p = spec.unit_power(resonance(spec.f, fc_hz, q) * highpass(spec.f, highpass_hz)).astype(np.float32)
+    p.setflags(write=False)
+    return p
 
 
 def to_pcm16(x: FloatArray) -> np.ndarray:
