@@ -171,3 +171,16 @@ def test_test_stage_alone_and_summarize(finished_run) -> None:
 def test_missing_model_is_a_clear_error(tmp_path) -> None:
     result = CliRunner().invoke(main, ["score", "--run", str(tmp_path), "--machine", "fan", str(tmp_path)])
     assert result.exit_code == 2 and "no trained model" in result.output
+
+
+def test_false_alarm_rate_is_measured_on_clips_the_threshold_did_not_see() -> None:
+    from asd.detector import TrainConfig
+    from asd.pipeline import cross_fitted_false_alarm_rate
+
+    train = TrainConfig(threshold_method="percentile", threshold_percentile=90.0)
+    normal = np.random.default_rng(0).gamma(2.0, 1.0, 2000)
+    assert cross_fitted_false_alarm_rate(normal, train, seed=0) == pytest.approx(0.10, abs=0.02)
+    assert np.isnan(cross_fitted_false_alarm_rate(normal[:3], train, seed=0))
+    # the four highest scores in one half, the lowest in the other: out-of-sample alarms are not 10%
+    skewed = np.array([1.0, 1.1, 1.2, 1.3, 9.0, 9.1, 9.2, 9.3])
+    assert cross_fitted_false_alarm_rate(skewed, train, seed=3) != pytest.approx(0.10, abs=0.05)

@@ -49,8 +49,9 @@ def report_run(run_dir: Path, predictions: pd.DataFrame) -> str:
         if thresholds is not None:
             pooled = thresholds[(thresholds["dataset"] == dataset) & (thresholds["section"] == "*")]
             for row in pooled.itertuples(index=False):
-                lines.append(f"  {row.machine}: false-alarm rate of the threshold on held-out normal clips "
-                             f"{row.false_alarm_rate:.1%} (n={row.n_normal_clips})")
+                lines.append(f"  {row.machine}: false-alarm rate on held-out normal clips {row.false_alarm_rate:.1%} "
+                             f"(n={row.n_normal_clips}, cross-fitted: threshold fitted on one half, counted "
+                             f"on the other; aim {100 - row.percentile:.0f}%)")
     lines += ["", f"outputs in {run_dir}: predictions.csv, thresholds.csv, <dataset>/summary.csv, "
                   "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png}"]
     text = "\n".join(lines).lstrip("\n")

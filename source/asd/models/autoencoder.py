@@ -70,7 +70,7 @@ class AutoencoderDetector(Detector):
         train_rows = segment_rows_of(shard, train_clips)
         val_rows = segment_rows_of(shard, val_clips)
         epochs = train.epochs or cfg.epochs
-        bar = tqdm(range(epochs), desc=f"train ae {shard.machine}", unit="epoch", leave=False)
+        bar = tqdm(range(epochs), desc=f"train ae ({cfg.score}) {shard.machine}", unit="epoch", leave=False)
         for epoch in bar:
             network.train()
             total, count = 0.0, 0
