@@ -184,3 +184,8 @@ def test_false_alarm_rate_is_measured_on_clips_the_threshold_did_not_see() -> No
     # the four highest scores in one half, the lowest in the other: out-of-sample alarms are not 10%
     skewed = np.array([1.0, 1.1, 1.2, 1.3, 9.0, 9.1, 9.2, 9.3])
     assert cross_fitted_false_alarm_rate(skewed, train, seed=3) != pytest.approx(0.10, abs=0.05)
+
+
+def test_test_stage_on_a_folder_that_is_not_a_run(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["test", "--run", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a run folder" in result.output

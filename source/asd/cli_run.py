@@ -98,6 +98,9 @@ def _test(run_dir: Path, machines: str = "", device: str | None = None) -> None:
     from asd.pipeline import discover, test_machine, write_machine_outputs
     from asd.report import report_run
 
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); make one with "
+                                "`python source/main.py train`")
     config = json.loads((run_dir / "config.json").read_text())
     train = TrainConfig(**{**config["train"], **({"device": device} if device else {})})
     items = [i for i in discover(Path(config["processed_dir"]), [m for m in machines.split(",") if m] or None)
