@@ -6,6 +6,7 @@ the machine type; `attributes_00.csv` is optional extra information that is only
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
@@ -170,9 +171,22 @@ def scan_raw_root(
 
 def rules_for(manifest: pd.DataFrame) -> str:
     """The DCASE evaluation rules that fit a machine's clips: dcase2020, dcase2021 or dcase2022."""
-    if (manifest["style"] == "2020").any():
+    return _rules(set(manifest["style"]), set(manifest["split_folder"]))
+
+
+def rules_for_files(file_names: list[str], split_folders: list[str]) -> str:
+    """`rules_for` from clip file names and the split folders they came from (e.g. a shard's clip table)."""
+    styles = set()
+    for name in file_names:
+        with contextlib.suppress(UnparseableName):
+            styles.add(parse_clip_name(name).style)
+    return _rules(styles, set(split_folders))
+
+
+def _rules(styles: set[str], split_folders: set[str]) -> str:
+    if "2020" in styles:
         return "dcase2020"
-    if manifest["split_folder"].isin(["source_test", "target_test"]).any():
+    if {"source_test", "target_test"} & split_folders:
         return "dcase2021"
     return "dcase2022"
 

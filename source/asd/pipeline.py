@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ import pandas as pd
 
 from asd.data import split_train_validation
 from asd.detector import Detector, TrainConfig, load_detector
-from asd.layout import UnparseableName, parse_clip_name
+from asd.layout import rules_for_files
 from asd.models.registry import make_detector
 from asd.shard import Shard, find_shards
 from asd.thresholds import false_alarm_rate, fit_threshold
@@ -56,19 +55,6 @@ def discover(processed_dir: Path, machines: list[str] | None = None) -> list[Mac
         tests = tuple(p for split, p in sorted(shards.items()) if split != "train")
         found.append(MachineData(dataset, machine, shards.get("train"), tests))
     return found
-
-
-def rules_of(clips: pd.DataFrame, split_folders: list[str]) -> str:
-    """DCASE evaluation rules that fit a machine's test data (2020 IDs, 2021 per-domain test folders)."""
-    styles = set()
-    for name in clips["file_name"].head(50):
-        with contextlib.suppress(UnparseableName):
-            styles.add(parse_clip_name(name).style)
-    if "2020" in styles:
-        return "dcase2020"
-    if {"source_test", "target_test"} & set(split_folders):
-        return "dcase2021"
-    return "dcase2022"
 
 
 def machine_dir(run_dir: Path, item: MachineData) -> Path:
@@ -166,7 +152,7 @@ def test_machine(item: MachineData, run_dir: Path, train: TrainConfig) -> tuple[
     predictions["threshold"] = [threshold_for(detector, s) for s in predictions["section"]]
     predictions["decision"] = (predictions["score"] > predictions["threshold"]).astype(int)
     predictions.insert(0, "dataset", item.dataset)
-    return predictions, rules_of(predictions, split_folders)
+    return predictions, rules_for_files(predictions["file_name"].tolist(), split_folders)
 
 
 def write_machine_outputs(item: MachineData, run_dir: Path, predictions: pd.DataFrame, rules: str) -> None:
