@@ -1,14 +1,15 @@
-"""Quality benchmark: the simple AE, the selective-Mahalanobis AE and the embedding model side by side.
+"""Quality benchmark: every detector on the real recordings (several seeds) and on the synthetic set.
 
-    python bench/bench_quality.py [--scale 1.0] [--ae-epochs 100] [--embed-epochs 8] [--keep DIR]
+    python bench/bench_quality.py [--real ../shared/real] [--seeds 0,1,2] [--models gmm,ae,ae-maha,embed,ensemble]
+                                  [--synthetic-scale 1.0] [--synthetic-seeds 0] [--no-synthetic]
+                                  [--ae-epochs 100] [--embed-epochs 8] [--keep DIR]
 
-On the full-scale synthetic dataset (four machine types, 990 + 10 training and 200 test clips each) it
-trains every model with the same seed through the functions `python source/main.py` uses, and prints per
-machine type AUC (source), AUC (target), pAUC, the official score (DCASE 2022+ rules) and the training
-and scoring times. The AE is trained once and scored both ways (MSE and selective Mahalanobis): the two
-modes share the network, as in the DCASE baseline; each mode gets its own thresholds, and the "train s"
-of ae-maha is only its own extra cost (Mahalanobis statistics and thresholds).
-A markdown copy of the table is written to <work>/quality.md.
+Real recordings decide (README, Quality): every machine type found under --real (default ../shared/real
+beside the project, skipped when absent) is prepared with data_prep, then every model is trained and tested
+once per seed through the same functions `python source/main.py` uses; the table gives mean ± sd over
+seeds of AUC (source), AUC (target), pAUC and the official score (DCASE 2022+ rules), with training seconds
+and test clips per second. The synthetic set (four machine types at DCASE size unless --synthetic-scale)
+follows with one row per machine type and model. Markdown copies land in <work>/quality_*.md.
 """
 
 from __future__ import annotations
@@ -19,93 +20,143 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "source"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "source"))
 
-from asd.data import split_train_validation  # noqa: E402
-from asd.detector import TrainConfig, load_detector  # noqa: E402
+from asd.detector import TrainConfig  # noqa: E402
 from asd.metrics import dataset_score, metrics_table  # noqa: E402
-from asd.pipeline import discover, fit_thresholds, machine_dir, test_machine, train_machine  # noqa: E402
+from asd.pipeline import discover, test_machine, train_machine  # noqa: E402
 from asd.prep import PrepConfig, run_prep  # noqa: E402
-from asd.shard import Shard  # noqa: E402
 from asd.synth import MACHINE_TYPES, generate_dataset  # noqa: E402
 
+METRICS = ("AUC (source)", "AUC (target)", "pAUC", "official")
 
-def mahalanobis_variant(item, ae_run: Path, maha_run: Path, train: TrainConfig) -> float:
-    """Score the trained AE by selective Mahalanobis: refit its thresholds on the same held-out clips."""
+
+def evaluate_model(item, run_dir: Path, model: str, train: TrainConfig) -> tuple[dict, pd.DataFrame]:
+    """Train and test one machine type with one model and seed: its metrics and timings, its predictions."""
     start = time.perf_counter()
-    detector = load_detector(machine_dir(ae_run, item) / "model.pt").with_score("mahalanobis")
-    shard = Shard(item.train)
-    normal = shard.clips[shard.clips["label"] != "anomaly"]
-    train_clips, val_clips = split_train_validation(normal, train.val_fraction, train.seed)
-    fit_thresholds(detector, shard, val_clips, train_clips, train)
-    detector.save(machine_dir(maha_run, item) / "model.pt")
-    return time.perf_counter() - start
+    train_machine(item, run_dir, model, train)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions, rules = test_machine(item, run_dir, train)
+    test_seconds = time.perf_counter() - start
+    metrics = metrics_table(predictions, rules)
+    return {"dataset": item.dataset, "machine": item.machine, "model": model, "seed": train.seed,
+            "AUC (source)": metrics["AUC (source)"].mean(), "AUC (target)": metrics["AUC (target)"].mean(),
+            "pAUC": metrics["pAUC"].mean(), "official": dataset_score(predictions, rules)["official score"],
+            "train s": train_seconds, "test clips/s": len(predictions) / test_seconds}, predictions
+
+
+def epochs_for(model: str, args: argparse.Namespace) -> int | None:
+    return {"ae": args.ae_epochs, "ae-maha": args.ae_epochs, "embed": args.embed_epochs}.get(model)
+
+
+def run_set(processed: Path, models: list[str], seeds: list[int], work: Path, args, label: str
+            ) -> tuple[pd.DataFrame, dict[tuple[str, int], list[pd.DataFrame]]]:
+    """Every machine type x model x seed; the metric rows and the predictions per (model, seed)."""
+    rows, predictions = [], {}
+    for item in discover(processed):
+        if not item.tests or item.train is None:
+            continue
+        for model in models:
+            for seed in seeds:
+                train = TrainConfig(epochs=epochs_for(model, args), seed=seed, device="cpu")
+                row, machine_predictions = evaluate_model(item, work / f"run_{label}_{model}_{seed}", model, train)
+                rows.append(row)
+                predictions.setdefault((model, seed), []).append(machine_predictions)
+                print(f"  {label:<9} {item.machine:<10} {model:<9} seed {seed}: official {row['official']:.4f}  "
+                      f"train {row['train s']:.1f} s  test {row['test clips/s']:.0f} clips/s", flush=True)
+    return pd.DataFrame(rows), predictions
+
+
+def mean_sd_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per machine type and model: mean ± sd over seeds."""
+    out = []
+    for (machine, model), group in rows.groupby(["machine", "model"], sort=False):
+        line = {"machine": machine, "model": model, "seeds": len(group)}
+        for name in METRICS:
+            values = group[name].to_numpy(dtype=float)
+            line[name] = f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+        line["train s"] = f"{group['train s'].mean():.1f}"
+        line["test clips/s"] = f"{group['test clips/s'].mean():.0f}"
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def synthetic_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per machine type and model, plus the official score over all machine types (per seed, averaged)."""
+    table = rows.groupby(["machine", "model"], sort=False)[[*METRICS, "train s", "test clips/s"]].mean()
+    table = table.reset_index()
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--machines", default=",".join(MACHINE_TYPES))
-    parser.add_argument("--ae-epochs", type=int, default=100)
+    default_real = ROOT.parent / "shared" / "real"
+    parser.add_argument("--real", type=Path, default=default_real if default_real.is_dir() else None)
+    parser.add_argument("--seeds", default="0,1,2", help="Seeds for the real set.")
+    parser.add_argument("--models", default="gmm,ae,ae-maha,embed,ensemble")
+    parser.add_argument("--synthetic-scale", type=float, default=1.0)
+    parser.add_argument("--synthetic-seeds", default="0")
+    parser.add_argument("--synthetic-machines", default=",".join(MACHINE_TYPES))
+    parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--ae-epochs", type=int, default=None, help="default: the model's own")
     parser.add_argument("--embed-epochs", type=int, default=None, help="default: the model's own")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="asd-bench-quality-"))
-    machines = [m for m in args.machines.split(",") if m]
-    raw, processed = work / "raw", work / "processed"
-    if not (raw / "synth").is_dir():
-        start = time.perf_counter()
-        generate_dataset(raw / "synth", seed=args.seed, scale=args.scale, machines=machines, n_jobs=args.jobs)
-        print(f"synth: {time.perf_counter() - start:.1f} s", flush=True)
-    summary = run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(processed), jobs=args.jobs), show_progress=False)
-    print(f"data_prep: {summary.seconds:.1f} s", flush=True)
-
-    rows, predictions = [], {}
-    runs = {"ae": work / "run_ae", "ae-maha": work / "run_ae-maha", "embed": work / "run_embed"}
-    for item in discover(processed / "synth", machines):
-        for model in runs:
-            epochs = {"ae": args.ae_epochs, "ae-maha": args.ae_epochs, "embed": args.embed_epochs}[model]
-            train = TrainConfig(epochs=epochs, seed=args.seed)
-            start = time.perf_counter()
-            if model == "ae-maha":  # its own cost only: it reuses the network trained for "ae"
-                train_seconds = mahalanobis_variant(item, runs["ae"], runs[model], train)
-            else:
-                train_machine(item, runs[model], model, train)
-                train_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            pred, rules = test_machine(item, runs[model], train)
-            score_seconds = time.perf_counter() - start
-            predictions.setdefault(model, []).append(pred)
-            metrics = metrics_table(pred, rules).iloc[0]
-            rows.append({"machine": item.machine, "model": model, "AUC (source)": metrics["AUC (source)"],
-                         "AUC (target)": metrics["AUC (target)"], "pAUC": metrics["pAUC"],
-                         "official": dataset_score(pred, rules)["official score"],
-                         "train s": train_seconds, "test clips/s": len(pred) / score_seconds})
-            print(pd.DataFrame([rows[-1]]).to_string(index=False, header=len(rows) == 1,
-                                                     float_format="{:.4f}".format), flush=True)
-    for model, preds in predictions.items():
-        score = dataset_score(pd.concat(preds), "dcase2022")["official score"]
-        rows.append({"machine": "ALL", "model": model, "official": score,
-                     "train s": sum(r["train s"] for r in rows if r["model"] == model)})
-    table = pd.DataFrame(rows)
-    text = table.to_string(index=False, float_format="{:.4f}".format, na_rep="")
-    print("\n" + text)
-    markdown = table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else text
-    (work / "quality.md").write_text(markdown + "\n")
+    work.mkdir(parents=True, exist_ok=True)
+    models = [m for m in args.models.split(",") if m]
+    parse = lambda text: [int(s) for s in text.split(",") if s]  # noqa: E731
+    if args.real is not None and Path(args.real).is_dir():
+        processed = work / "processed-real"
+        run_prep(PrepConfig(raw_dir=str(args.real), out_dir=str(processed), jobs=args.jobs), show_progress=False)
+        rows, _ = run_set(processed, models, parse(args.seeds), work, args, "real")
+        rows.to_csv(work / "quality_real_runs.csv", index=False)
+        table = mean_sd_table(rows)
+        print(f"\nreal recordings ({args.real}), mean ± sd over seeds {args.seeds}:\n"
+              + table.to_string(index=False))
+        (work / "quality_real.md").write_text(_markdown(table))
+    else:
+        print("no real recordings (--real not given and ../shared/real absent): real table skipped")
+    if not args.no_synthetic:
+        raw, processed = work / "raw", work / "processed"
+        machines = [m for m in args.synthetic_machines.split(",") if m]
+        if not (raw / "synth").is_dir():
+            generate_dataset(raw / "synth", seed=0, scale=args.synthetic_scale, machines=machines,
+                             n_jobs=args.jobs)
+        run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(processed), jobs=args.jobs), show_progress=False)
+        rows, predictions = run_set(processed / "synth", models, parse(args.synthetic_seeds), work, args,
+                                    "synthetic")
+        rows.to_csv(work / "quality_synthetic_runs.csv", index=False)
+        table = synthetic_table(rows)
+        overall = _overall_synthetic(predictions, models, parse(args.synthetic_seeds))
+        print("\nsynthetic set:\n" + table.to_string(index=False, float_format="{:.4f}".format)
+              + "\n\nofficial score over all synthetic machine types:\n" + overall.to_string(index=False))
+        (work / "quality_synthetic.md").write_text(_markdown(table) + "\n" + _markdown(overall))
     print(f"\nwork folder: {work}")
 
 
-def _has_tabulate() -> bool:
+def _overall_synthetic(predictions: dict, models: list[str], seeds: list[int]) -> pd.DataFrame:
+    """The official score of each model over every synthetic machine type (mean over seeds)."""
+    lines = []
+    for model in models:
+        scores = [dataset_score(pd.concat(predictions[(model, seed)]), "dcase2022")["official score"]
+                  for seed in seeds]
+        lines.append({"model": model, "official (all machine types)": f"{np.mean(scores):.4f}"})
+    return pd.DataFrame(lines)
+
+
+def _markdown(table: pd.DataFrame) -> str:
     try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        return table.to_markdown(index=False, floatfmt=".4f") + "\n"
+    except ImportError:  # tabulate is optional
+        return table.to_string(index=False) + "\n"
 
 
 if __name__ == "__main__":

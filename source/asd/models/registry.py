@@ -11,6 +11,8 @@ MODELS: dict[str, tuple[str, str, dict]] = {
     "ae": ("asd.models.autoencoder", "AutoencoderDetector", {"score": "mse"}),
     "ae-maha": ("asd.models.autoencoder", "AutoencoderDetector", {"score": "mahalanobis"}),
     "embed": ("asd.models.embedding", "EmbeddingDetector", {}),
+    "gmm": ("asd.models.gmm", "GmmDetector", {}),
+    "ensemble": ("asd.models.ensemble", "EnsembleDetector", {}),
 }
 
 
