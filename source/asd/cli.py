@@ -95,3 +95,13 @@ def _register_pipeline_commands() -> None:
 
 
 _register_pipeline_commands()
+
+
+def _register_data_commands() -> None:
+    from asd.cli_data import download_command, evaluate_command
+
+    main.add_command(download_command)
+    main.add_command(evaluate_command)
+
+
+_register_data_commands()
