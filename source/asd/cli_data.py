@@ -91,3 +91,34 @@ def run_evaluation(ground_truth: Path, folders, with_ci: bool = True) -> None:
             click.echo(f"  -> {out}")
     if failed:
         sys.exit(2)
+
+
+def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
+    """`python source/main.py --scheduler ...`: the default train+test run, one Dask task per machine type
+    (x seed). Exit 1 when a task failed (the others' results are written; a rerun finishes the rest)."""
+    from asd.cli_run import _new_run_dir
+    from asd.detector import FingerprintMismatch, TrainConfig
+    from asd.distributed import check_scheduler, run_distributed
+    from asd.shard import StaleShard
+
+    try:
+        check_scheduler(scheduler)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
+    except ValueError as err:
+        raise click.UsageError(str(err) if "scheduler" in str(err) else f"--seeds {seeds!r}: expected 0,1,2")
+    train = TrainConfig(epochs=options["epochs"], seed=options["seed"], device=options["device"],
+                        val_fraction=options["val_fraction"], aggregate=options["aggregate"],
+                        threshold_method=options["threshold_method"],
+                        threshold_percentile=options["threshold_percentile"])
+    run_dir = options["output_dir"] or _new_run_dir(options["model"])
+    machines = [m for m in options["machines"].split(",") if m] or None
+    try:
+        failures = run_distributed(Path(options["processed_dir"]), Path(run_dir), options["model"], train,
+                                   machines, seed_list, scheduler, log=click.echo)
+    except (FileNotFoundError, FingerprintMismatch, StaleShard, OSError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    if failures:
+        click.echo(f"{len(failures)} task(s) failed; the others' results are in {run_dir}. Rerun the same "
+                   "command to finish only what is missing:\n  " + "\n  ".join(failures), err=True)
+        sys.exit(1)
