@@ -188,3 +188,26 @@ def test_missing_file_is_a_clear_error(server, tmp_path):
     server.records["1"] = {"files": []}
     with pytest.raises(DownloadError, match="HTTP 404"):
         run(server, archives(("dev", "fan", "dev_fan.zip", "1")), Path(tmp_path))
+
+
+def test_download_command(server, tmp_path):
+    from click.testing import CliRunner
+
+    from asd.cli import main
+
+    server.publish("7", "dev_fan.zip", make_zip("fan", "train"))
+    server.publish("8", "dev_valve.zip", make_zip("valve", "train"), md5="f" * 32)
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({**CATALOG, "datasets": {"toy2099": {"records": {}, "archives": [
+        {"part": "dev", "machine": m, "file": f"dev_{m}.zip", "record": r} for m, r in (("fan", "7"),
+                                                                                          ("valve", "8"))]}}}))
+    args = ["download", "toy2099", "--dev", "--catalog", str(catalog), "--base-url", server.url, "--quiet",
+            "--raw-dir", str(tmp_path / "raw"), "--retries", "0"]
+    result = CliRunner().invoke(main, [*args, "--machines", "fan"])
+    assert result.exit_code == 0, result.output
+    assert "1 archive(s) unpacked" in result.output
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "dev_valve.zip: checksum failed" in result.output
+    assert not (tmp_path / "raw" / "toy2099" / "dev_data" / "raw" / "valve").exists()
+    result = CliRunner().invoke(main, [*args, "--machines", "pump"])
+    assert result.exit_code == 2 and "no machine type(s) ['pump']" in result.output

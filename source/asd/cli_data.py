@@ -105,7 +105,8 @@ def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
         check_scheduler(scheduler)
         seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
     except ValueError as err:
-        raise click.UsageError(str(err) if "scheduler" in str(err) else f"--seeds {seeds!r}: expected 0,1,2")
+        raise click.UsageError(str(err) if "scheduler" in str(err) else f"--seeds {seeds!r}: expected 0,1,2") \
+            from None
     train = TrainConfig(epochs=options["epochs"], seed=options["seed"], device=options["device"],
                         val_fraction=options["val_fraction"], aggregate=options["aggregate"],
                         threshold_method=options["threshold_method"],
