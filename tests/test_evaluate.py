@@ -129,3 +129,29 @@ def test_jackknife_matches_its_definition():
     import scipy.stats
     se = np.sqrt(((loo - loo.mean()) ** 2).sum() / (30 * 29))
     assert half_width == pytest.approx(scipy.stats.t.ppf(0.975, 29) * se)
+
+
+def test_dcase2021_layout_gives_2021_rules(tmp_path):
+    from asd.metrics import dataset_score
+    from asd.submission import write_submission_files
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for section in ("03", "04"):
+        for domain in ("source", "target"):
+            for i in range(12):
+                label = "anomaly" if i % 3 == 0 else "normal"
+                rows.append({"file_name": f"section_{section}_{domain}_test_{i:04d}.wav", "machine": "pump",
+                             "section": section, "domain": domain, "label": label,
+                             "score": rng.normal() + (label == "anomaly"), "decision": int(rng.random() > 0.5)})
+    predictions = pd.DataFrame(rows).assign(threshold=np.nan)
+    write_submission_files(predictions, tmp_path / "team", "dcase2021")
+    (tmp_path / "gt" / "ground_truth_data").mkdir(parents=True)
+    for (section, domain), part in predictions.groupby(["section", "domain"]):
+        gt_file = tmp_path / "gt" / "ground_truth_data" / f"ground_truth_pump_section_{section}_{domain}_test.csv"
+        gt_file.write_text("".join(f"{n},{int(lab == 'anomaly')}\n"
+                                   for n, lab in zip(part["file_name"], part["label"], strict=True)))
+    truth = load_ground_truth(tmp_path / "gt")
+    assert truth.rules == "dcase2021"
+    ev = evaluate_folder(tmp_path / "team", truth, with_ci=False)
+    assert ev.scores == dataset_score(predictions, "dcase2021")

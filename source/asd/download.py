@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 DEFAULT_BASE_URL = "https://zenodo.org"
 CHUNK = 1 << 20
 MARKER = ".asd_download.json"
+PARTIAL = ".partial"
 
 
 class DownloadError(RuntimeError):
@@ -216,7 +217,10 @@ def unpack(archive_path: Path, machine: str, folder: Path) -> list[str]:
                 target = _member_target(info.filename, machine)
                 if target is None:
                     continue
-                out = staging.joinpath(*target.parts)
+                # "<machine>/train.partial/...": no folder data_prep would read (it looks for train/, test/)
+                # exists until the verified folder is renamed into place.
+                top, *rest = target.parts[1:]
+                out = staging.joinpath(target.parts[0], top + PARTIAL, *rest)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(out, "wb") as dst:  # zipfile checks the CRC at the end
                     shutil.copyfileobj(src, dst, CHUNK)
@@ -228,7 +232,7 @@ def unpack(archive_path: Path, machine: str, folder: Path) -> list[str]:
     placed = []
     for machine_dir in sorted(p for p in staging.iterdir()):
         for entry in sorted(machine_dir.iterdir()):
-            final = folder / machine_dir.name / entry.name
+            final = folder / machine_dir.name / entry.name[: -len(PARTIAL)]
             final.parent.mkdir(parents=True, exist_ok=True)
             if not final.exists() or entry.is_file():
                 os.replace(entry, final)  # one rename: the folder appears complete or not at all
@@ -238,7 +242,7 @@ def unpack(archive_path: Path, machine: str, folder: Path) -> list[str]:
                         dest = final / item.relative_to(entry)
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(item, dest)
-            placed.append(f"{machine_dir.name}/{entry.name}")
+            placed.append(f"{machine_dir.name}/{final.name}")
     shutil.rmtree(staging, ignore_errors=True)
     return placed
 
