@@ -93,10 +93,20 @@ def run_evaluation(ground_truth: Path, folders, with_ci: bool = True) -> None:
         sys.exit(2)
 
 
+def _new_run_dir(model: str) -> Path:
+    """output/<time>_<model>[-k]: a new folder, as a single-machine run names it."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, suffix = Path("output") / f"{stamp}_{model}", 1
+    while path.exists():
+        path, suffix = Path("output") / f"{stamp}_{model}-{suffix}", suffix + 1
+    return path
+
+
 def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     """`python source/main.py --scheduler ...`: the default train+test run, one Dask task per machine type
     (x seed). Exit 1 when a task failed (the others' results are written; a rerun finishes the rest)."""
-    from asd.cli_run import _new_run_dir
     from asd.detector import FingerprintMismatch, TrainConfig
     from asd.distributed import check_scheduler, run_distributed
     from asd.shard import StaleShard
