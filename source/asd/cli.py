@@ -16,15 +16,26 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 @click.group(context_settings=CONTEXT, invoke_without_command=True)
 @training_options
+@click.option("--scheduler", default=None,
+              help="Run machine types as Dask tasks: local[:N] worker processes, or a scheduler address.")
+@click.option("--seeds", default="", help="With --scheduler: comma-separated seeds, one run folder each.")
 @click.pass_context
-def main(ctx: click.Context, **options) -> None:
+def main(ctx: click.Context, scheduler: str | None = None, seeds: str = "", **options) -> None:
     """Anomalous sound detection on cached 1-second segments (DCASE Task 2 conventions).
 
     With no subcommand: train then test every machine type found in --processed-dir (the options above
     are those of `run`). Stages: synth -> (source/data_prep.py) -> inspect -> train -> test -> summarize;
     `score` scores any wav files with a trained model.
     """
-    if ctx.invoked_subcommand is None:
+    if (scheduler or seeds) and ctx.invoked_subcommand is not None:
+        raise click.UsageError("--scheduler/--seeds apply to the default train+test run (no subcommand)")
+    if seeds and not scheduler:
+        raise click.UsageError("--seeds needs --scheduler (use --seed for a single-machine run)")
+    if ctx.invoked_subcommand is None and scheduler:
+        from asd.cli_data import distributed_run
+
+        distributed_run(scheduler, seeds, options)
+    elif ctx.invoked_subcommand is None:
         ctx.invoke(run_command, **options)
 
 
@@ -95,3 +106,13 @@ def _register_pipeline_commands() -> None:
 
 
 _register_pipeline_commands()
+
+
+def _register_data_commands() -> None:
+    from asd.cli_data import download_command, evaluate_command
+
+    main.add_command(download_command)
+    main.add_command(evaluate_command)
+
+
+_register_data_commands()

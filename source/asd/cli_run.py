@@ -138,10 +138,24 @@ def train_command(**options) -> None:
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--machines", default="")
 @click.option("--device", default=None, help="Override the device used for training.")
+@click.option("--ground-truth", "ground_truth", default=None,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Official eval-set ground truth: also compute the evaluation-set figures (see `evaluate`).")
 @_fail_cleanly
-def test_command(run_dir: Path, machines: str, device: str | None) -> None:
+def test_command(run_dir: Path, machines: str, device: str | None, ground_truth: Path | None) -> None:
     """Score the test shards with a run's models; write official files, metrics and plots."""
+    if ground_truth is not None:
+        from asd.evaluate import EvaluationError, load_ground_truth
+
+        try:
+            load_ground_truth(ground_truth)  # a bad folder is refused before any scoring
+        except EvaluationError as err:
+            raise FileNotFoundError(str(err)) from err
     _test(run_dir, machines, device)
+    if ground_truth is not None:
+        from asd.cli_data import run_evaluation
+
+        run_evaluation(ground_truth, [run_dir])
 
 
 @click.command("summarize", context_settings=CONTEXT)
