@@ -159,9 +159,6 @@ class Detector(ABC):
 
 def load_detector(path: str | Path) -> Detector:
     """Rebuild a fitted detector from its checkpoint (MissingModel / DamagedFile when it cannot)."""
-    import pickle
-    import zipfile
-
     from asd.models.registry import MODELS, detector_class
 
     path = Path(path)
@@ -171,7 +168,9 @@ def load_detector(path: str | Path) -> Detector:
                f"`python source/main.py train` (it is never loaded with arbitrary pickled code)")
     try:  # only reading the file is guarded here: a failure in it means a damaged file, not a bug
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - garbage bytes make the unpickler raise nearly anything
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in reason or "Weights only load failed" in reason:  # never pass on unsafe advice
             reason = "it holds objects other than tensors and plain values"
