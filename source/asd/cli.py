@@ -127,6 +127,7 @@ def synth_command(out_dir: Path, seed: int, scale: float, machines: tuple[str, .
 @click.option("--png", type=click.Path(path_type=Path), default=None,
               help="Also write a PNG of one segment's log-mel and waveform here.")
 @click.option("--segment", default=0, type=click.IntRange(min=0), help="Which segment the PNG shows.")
+@config_option
 @fail_cleanly
 def inspect_command(path: Path, names: int, png: Path | None, segment: int) -> None:
     """Show what a shard holds (settings, counts, shapes, names, notes). A folder lists its shards."""

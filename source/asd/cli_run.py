@@ -137,14 +137,14 @@ def summarize_command(runs: tuple[Path, ...]) -> None:
 @fail_cleanly
 def score_command(run_dir, machine, dataset, out_csv, aggregate, device, paths) -> None:
     """Score any wav files or folders with a trained model: file, score, threshold, decision."""
+    # where the scores go and the device are checked before the scoring work, so no result is lost
+    out_csv = check_out_file(out_csv or run_dir / f"scores_{machine}_{datetime.now():%Y%m%d-%H%M%S}.csv",
+                             "--out")
     import pandas as pd
 
     from asd.detector import resolve_device
     from asd.score_files import score_paths
 
-    # where the scores go and the device are checked before the scoring work, so no result is lost
-    out_csv = check_out_file(out_csv or run_dir / f"scores_{machine}_{datetime.now():%Y%m%d-%H%M%S}.csv",
-                             "--out")
     resolve_device(device)
     table, skipped = score_paths(run_dir, machine, list(paths), dataset=dataset, aggregate=aggregate,
                                  device=device)

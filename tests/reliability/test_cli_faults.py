@@ -293,14 +293,14 @@ def test_kill_during_train_then_rerun_gives_identical_scores(data, tmp_path) -> 
 
     out = tmp_path / "run"
     args = [sys.executable, MAIN, "train", "--processed-dir", str(data["processed"]), "--output-dir", str(out),
-            "--model", "ae", "--epochs", "200"]
+            "--model", "ae", "--epochs", "1000"]
     process = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (out / "ds" / "fan" / "train.log").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
     for model in out.rglob("model.pt"):  # whatever was left either loads or is not there
         load_detector(model)
     (out / "ds" / "valve").mkdir(parents=True, exist_ok=True)
