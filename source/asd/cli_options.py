@@ -14,9 +14,24 @@ import click
 
 from asd.errors import BadInput
 
-# Kept literal so that `--help` needs no torch; tests/reliability/test_cli_faults.py checks them against
-# asd.models.registry.MODELS and asd.detector.REDUCERS.
-MODEL_NAMES = ("ae", "ae-maha", "embed")
+
+def _registry_model_names() -> tuple[str, ...]:
+    """The keys of asd.models.registry.MODELS, read from its source: importing it would import torch, and
+    `--help` must not. The registry stays the one list of models (a new entry shows up here by itself)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parent / "models" / "registry.py").read_text())
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else \
+            (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "MODELS":
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("asd/models/registry.py defines no literal MODELS dict")  # a bug: keeps its traceback
+
+
+MODEL_NAMES = _registry_model_names()
+# Kept literal so that `--help` needs no torch; tests/reliability/test_cli_faults.py checks it against
+# asd.detector.REDUCERS.
 REDUCERS = ("mean", "max", "median", "p90")
 THRESHOLD_METHODS = ("gamma", "percentile")
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}

@@ -337,7 +337,7 @@ def test_literal_choices_match_the_registry() -> None:
     from asd.detector import REDUCERS as DETECTOR_REDUCERS
     from asd.models.registry import MODELS
 
-    assert set(MODEL_NAMES) == set(MODELS) and REDUCERS == DETECTOR_REDUCERS
+    assert tuple(MODELS) == MODEL_NAMES and REDUCERS == DETECTOR_REDUCERS
 
 
 def test_prep_subcommand_is_data_prep(tmp_path) -> None:
