@@ -6,6 +6,9 @@ import sys
 
 import click
 
+from asd.cli_config import config_option
+from asd.cli_options import COMMA_LIST
+from asd.errors import AsdError
 from asd.features import CHANNEL_POLICIES, TAIL_POLICIES, FeatureConfig
 from asd.prep import PrepConfig, run_prep
 from asd.shard import StaleShard
@@ -15,7 +18,8 @@ from asd.shard import StaleShard
 @click.option("--raw-dir", default="data/raw", help="Root holding <dataset>/<machine>/{train,test}/*.wav.")
 @click.option("--out-dir", default="data/processed", help="Where the shards go (mirrors the raw tree).")
 @click.option("--jobs", default=-1, type=int, help="Worker processes (-1 = all cores).")
-@click.option("--machines", default="", help="Comma-separated machine types (default: all found).")
+@click.option("--machines", type=COMMA_LIST, default="", show_default=False,
+              help="Comma-separated machine types (default: all found).")
 @click.option("--segment-seconds", default=1.0, type=float, help="Segment length.")
 @click.option("--hop-seconds", default=1.0, type=float, help="Hop between segment starts.")
 @click.option("--tail", type=click.Choice(TAIL_POLICIES), default="last",
@@ -31,6 +35,7 @@ from asd.shard import StaleShard
 @click.option("--scheduler", default=None,
               help="Build shards as Dask tasks: local[:N] worker processes, or a scheduler address "
                    "(the workers must see --raw-dir and --out-dir).")
+@config_option
 def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_seconds: float,
                  hop_seconds: float, tail: str, channel: str, n_mels: int, n_fft: int, hop_length: int,
                  force: bool, quiet: bool, scheduler: str | None = None) -> None:
@@ -40,7 +45,7 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_s
         features = FeatureConfig(segment_seconds=segment_seconds, hop_seconds=hop_seconds, tail=tail,
                                  channel=channel, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
         cfg = PrepConfig(raw_dir=raw_dir, out_dir=out_dir, jobs=jobs, force=force, features=features,
-                         machines=tuple(m for m in machines.split(",") if m))
+                         machines=tuple(machines))
         if scheduler:
             from asd.distributed import TaskFailures, check_scheduler, run_prep_distributed
 
@@ -51,9 +56,15 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_s
                 sys.exit(1)
         else:
             summary = run_prep(cfg, show_progress=not quiet)
-    except (StaleShard, FileNotFoundError, ValueError) as err:
+    except (AsdError, StaleShard, FileNotFoundError, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     for line in summary.lines():
         click.echo(line)
+    from pathlib import Path
+
+    from asd.cli_config import write_effective_config
+
+    write_effective_config(Path(out_dir) / "data_prep_config.yaml", click.get_current_context().params,
+                           "python source/data_prep.py")
     click.echo(f"shards in {out_dir}; look inside with `python source/main.py inspect SHARD.h5`")

@@ -1,166 +1,134 @@
-"""`python source/main.py [run|train|test|summarize|score]`: the pipeline stages on the command line."""
+"""`python source/main.py [run|train|test|summarize|score]`: the pipeline stages on the command line.
+
+Only the project's own errors (asd.errors.AsdError) become a one-line message with exit status 2; any
+other exception is a bug and keeps its traceback. A stage that finishes with some machine types failed
+exits 1 after saying which. Nothing heavy is imported at module level, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import click
-import pandas as pd
 
-from asd.detector import REDUCERS, TrainConfig
-from asd.models.registry import MODELS
+from asd.cli_config import config_option
+from asd.cli_options import (
+    COMMA_LIST,
+    CONTEXT,
+    DEVICE,
+    EPOCHS,
+    MODEL_NAMES,
+    PERCENTILE,
+    REDUCERS,
+    SEED,
+    THRESHOLD_METHODS,
+    VAL_FRACTION,
+    check_out_file,
+)
+from asd.errors import AsdError
 
 DEFAULT_MODEL = "gmm"  # best on the real recordings in bench/bench_quality.py (README, Quality)
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def training_options(func):
-    """Options shared by `run` and `train`."""
+    """Options shared by `run` and `train` (and `python source/main.py` with no subcommand)."""
     options = [
         click.option("--processed-dir", default="data/processed", type=click.Path(path_type=Path),
                      help="Shards written by data_prep."),
         click.option("--output-dir", default=None, type=click.Path(path_type=Path),
                      help="Run folder (default: a new output/<time>_<model>/)."),
-        click.option("--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL),
-        click.option("--machines", default="", help="Comma-separated machine types (default: all)."),
-        click.option("--epochs", default=None, type=int, help="Training epochs (default: the model's)."),
-        click.option("--seed", default=0, type=int),
-        click.option("--device", default="auto", help="auto | cpu | cuda"),
-        click.option("--val-fraction", default=0.1, type=float,
-                     help="Share of normal training clips held out (by clip) to fit thresholds."),
+        click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL),
+        click.option("--machines", type=COMMA_LIST, default="", show_default=False,
+                     help="Comma-separated machine types (default: all)."),
+        click.option("--epochs", default=None, type=EPOCHS, help="Training epochs, >= 1 (default: the model's)."),
+        click.option("--seed", default=0, type=SEED, help="Random seed, >= 0 (same seed, same scores)."),
+        click.option("--device", default="auto", type=DEVICE, help="auto | cpu | cuda | cuda:N"),
+        click.option("--val-fraction", default=0.1, type=VAL_FRACTION,
+                     help="Share of normal training clips held out (by clip) to fit thresholds, in [0, 1)."),
         click.option("--aggregate", type=click.Choice(REDUCERS), default="mean",
                      help="How segment scores become a clip score."),
-        click.option("--threshold-percentile", default=90.0, type=float),
-        click.option("--threshold-method", type=click.Choice(["gamma", "percentile"]), default="gamma"),
+        click.option("--threshold-percentile", default=90.0, type=PERCENTILE,
+                     help="Percentile of held-out normal scores the threshold sits at, in (0, 100)."),
+        click.option("--threshold-method", type=click.Choice(THRESHOLD_METHODS), default="gamma"),
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return config_option(func)
 
 
-def _fail_cleanly(func):
-    """Turn expected user errors into one clear line and exit code 2, instead of a traceback."""
+def fail_cleanly(func):
+    """The project's own errors (AsdError) become one line on stderr and exit status 2; others propagate."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from asd.detector import FingerprintMismatch
-        from asd.shard import StaleShard
-
         try:
             return func(*args, **kwargs)
-        except (FileNotFoundError, FingerprintMismatch, StaleShard, KeyError, RuntimeError) as err:
+        except AsdError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
     return wrapper
 
 
-def _new_run_dir(model: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("output") / f"{stamp}_{model}"
-    suffix = 1
-    while path.exists():  # runs never overwrite each other
-        path = Path("output") / f"{stamp}_{model}-{suffix}"
-        suffix += 1
-    return path
-
-
-def _train(processed_dir, output_dir, model, machines, epochs, seed, device, val_fraction, aggregate,
-           threshold_percentile, threshold_method) -> tuple[Path, TrainConfig]:
-    from asd.pipeline import discover, train_config_record, train_machine, write_config
-
-    train = TrainConfig(epochs=epochs, seed=seed, device=device, val_fraction=val_fraction,
-                        aggregate=aggregate, threshold_method=threshold_method,
-                        threshold_percentile=threshold_percentile)
-    items = discover(processed_dir, [m for m in machines.split(",") if m] or None)
-    if not items:
-        raise FileNotFoundError(f"no shards under {processed_dir}; run `python source/data_prep.py` first")
-    run_dir = output_dir or _new_run_dir(model)
-    write_config(run_dir, train_config_record(train, model, processed_dir))
-    click.echo(f"training {model} on {len(items)} machine type(s) -> {run_dir}")
-    rows = []
-    for item in items:
-        start = time.perf_counter()
-        machine_rows = train_machine(item, run_dir, model, train)
-        rows += machine_rows
-        pooled = machine_rows[-1]
-        click.echo(f"  {item.key:<40} {time.perf_counter() - start:6.1f} s   threshold {pooled['threshold']:.4g}"
-                   f"  false alarms on held-out normals {pooled['false_alarm_rate']:.1%} (cross-fitted)")
-    pd.DataFrame(rows).to_csv(run_dir / "thresholds.csv", index=False)
-    return run_dir, train
-
-
-def _test(run_dir: Path, machines: str = "", device: str | None = None) -> None:
-    from asd.detector import TrainConfig
-    from asd.pipeline import discover, test_machine, write_machine_outputs
-    from asd.report import report_run
-
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); make one with "
-                                "`python source/main.py train`")
-    config = json.loads((run_dir / "config.json").read_text())
-    train = TrainConfig(**{**config["train"], **({"device": device} if device else {})})
-    items = [i for i in discover(Path(config["processed_dir"]), [m for m in machines.split(",") if m] or None)
-             if i.tests and (run_dir / i.dataset / i.machine / "model.pt").exists()]
-    if not items:
-        raise FileNotFoundError(f"nothing to test in {run_dir}: no trained machine type has test shards")
-    click.echo(f"testing {len(items)} machine type(s) from {run_dir}")
-    all_predictions = []
-    for item in items:
-        predictions, rules = test_machine(item, run_dir, train)
-        write_machine_outputs(item, run_dir, predictions, rules)
-        all_predictions.append(predictions.assign(rules=rules))
-    click.echo(report_run(run_dir, pd.concat(all_predictions, ignore_index=True)))
+_fail_cleanly = fail_cleanly  # the older name
 
 
 @click.command("run", context_settings=CONTEXT)
 @training_options
-@_fail_cleanly
+@fail_cleanly
 def run_command(**options) -> None:
     """Train, then test, every machine type found (the default when no subcommand is given)."""
-    run_dir, train = _train(**options)
-    _test(run_dir, options["machines"])
+    from asd.run_stages import finish, test_stage, train_stage
+
+    outcome = train_stage(options, "run")
+    if outcome.done:
+        test_stage(outcome.run_dir, tuple(k.split("/")[-1] for k in outcome.done), outcome=outcome)
+    finish(outcome)
 
 
 @click.command("train", context_settings=CONTEXT)
 @training_options
-@_fail_cleanly
+@fail_cleanly
 def train_command(**options) -> None:
     """Train a detector per machine type on its train.h5 shard; save models and thresholds."""
-    run_dir, _ = _train(**options)
-    click.echo(f"next: python source/main.py test --run {run_dir}")
+    from asd.run_stages import finish, train_stage
+
+    outcome = train_stage(options, "train")
+    if outcome.done:
+        click.echo(f"next: python source/main.py test --run {outcome.run_dir}")
+    finish(outcome)
 
 
 @click.command("test", context_settings=CONTEXT)
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--machines", default="")
-@click.option("--device", default=None, help="Override the device used for training.")
+@click.option("--machines", type=COMMA_LIST, default="", show_default=False,
+              help="Comma-separated machine types (default: the run's).")
+@click.option("--device", default=None, type=DEVICE, help="Override the device used for training.")
 @click.option("--ground-truth", "ground_truth", default=None,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Official eval-set ground truth: also compute the evaluation-set figures (see `evaluate`).")
-@_fail_cleanly
-def test_command(run_dir: Path, machines: str, device: str | None, ground_truth: Path | None) -> None:
+@config_option
+@fail_cleanly
+def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, ground_truth: Path | None) -> None:
     """Score the test shards with a run's models; write official files, metrics and plots."""
-    if ground_truth is not None:
-        from asd.evaluate import EvaluationError, load_ground_truth
+    from asd.run_stages import finish, test_stage
 
-        try:
-            load_ground_truth(ground_truth)  # a bad folder is refused before any scoring
-        except EvaluationError as err:
-            raise FileNotFoundError(str(err)) from err
-    _test(run_dir, machines, device)
+    if ground_truth is not None:
+        from asd.evaluate import load_ground_truth
+
+        load_ground_truth(ground_truth)  # a bad folder is refused (EvaluationError) before any scoring
+    outcome = test_stage(run_dir, machines, device)
     if ground_truth is not None:
         from asd.cli_data import run_evaluation
 
         run_evaluation(ground_truth, [run_dir])
+    finish(outcome)
 
 
 @click.command("summarize", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@_fail_cleanly
+@fail_cleanly
 def summarize_command(runs: tuple[Path, ...]) -> None:
     """One table over machine types; several runs side by side."""
     from asd.report import compare_runs
@@ -173,18 +141,25 @@ def summarize_command(runs: tuple[Path, ...]) -> None:
 @click.option("--machine", required=True, help="Machine type whose model scores the files.")
 @click.option("--dataset", default=None, help="Dataset of that machine type, if several have it.")
 @click.option("--out", "out_csv", default=None, type=click.Path(path_type=Path),
-              help="CSV to write (default: <run>/scores_<machine>_<time>.csv).")
-@click.option("--aggregate", type=click.Choice(REDUCERS), default=None)
-@click.option("--device", default="auto")
+              help="CSV to write (default: <run>/scores_<machine>_<time>.csv); its folder must exist.")
+@click.option("--aggregate", type=click.Choice(REDUCERS), default=None, help="Default: the model's.")
+@click.option("--device", default="auto", type=DEVICE, help="auto | cpu | cuda | cuda:N")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@_fail_cleanly
+@config_option
+@fail_cleanly
 def score_command(run_dir, machine, dataset, out_csv, aggregate, device, paths) -> None:
     """Score any wav files or folders with a trained model: file, score, threshold, decision."""
+    # where the scores go and the device are checked before the scoring work, so no result is lost
+    out_csv = check_out_file(out_csv or run_dir / f"scores_{machine}_{datetime.now():%Y%m%d-%H%M%S}.csv",
+                             "--out")
+    import pandas as pd
+
+    from asd.detector import resolve_device
     from asd.score_files import score_paths
 
+    resolve_device(device)
     table, skipped = score_paths(run_dir, machine, list(paths), dataset=dataset, aggregate=aggregate,
                                  device=device)
-    out_csv = out_csv or run_dir / f"scores_{machine}_{datetime.now():%Y%m%d-%H%M%S}.csv"
     table.to_csv(out_csv, index=False)
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         click.echo(table.to_string(index=False))

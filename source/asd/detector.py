@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from asd.errors import AsdError, BadInput, DamagedFile, MissingModel
 from asd.shard import Shard
 
 REDUCERS = ("mean", "max", "median", "p90")
 
 
-class FingerprintMismatch(RuntimeError):
+class FingerprintMismatch(AsdError):
     """A model asked to score a shard whose features were computed with other settings."""
 
 
@@ -45,7 +46,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+        raise BadInput(f"--device {name} was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise BadInput(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0")
     return torch.device(name)
 
 
@@ -155,14 +158,31 @@ class Detector(ABC):
 
 
 def load_detector(path: str | Path) -> Detector:
-    """Rebuild a fitted detector from its checkpoint."""
-    from asd.models.registry import detector_class
+    """Rebuild a fitted detector from its checkpoint (MissingModel / DamagedFile when it cannot)."""
+    from asd.models.registry import MODELS, detector_class
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}; train one first with `python source/main.py train`")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    cls = detector_class(payload["model"])
+        raise MissingModel(f"no model at {path}; train one first with `python source/main.py train`")
+    damaged = (f"{path} is damaged or is not a model saved by this project ({{}}); retrain it with "
+               f"`python source/main.py train` (it is never loaded with arbitrary pickled code)")
+    try:  # only reading the file is guarded here: a failure in it means a damaged file, not a bug
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - garbage bytes make the unpickler raise nearly anything
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in reason or "Weights only load failed" in reason:  # never pass on unsafe advice
+            reason = "it holds objects other than tensors and plain values"
+        raise DamagedFile(damaged.format(reason)) from None
+    keys = ("model", "config", "fingerprint", "feature_config", "thresholds", "history", "train_config", "state")
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise DamagedFile(damaged.format("not a checkpoint: expected keys " + ", ".join(keys)))
+    try:
+        cls = detector_class(payload["model"])
+    except KeyError:
+        raise DamagedFile(damaged.format(f"unknown model {payload['model']!r}; this version knows "
+                                         f"{sorted(MODELS)}")) from None
     detector = cls(cls.config_class(**payload["config"]))
     detector.fingerprint_ = payload["fingerprint"]
     detector.feature_config_ = payload["feature_config"]

@@ -28,13 +28,15 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from asd.errors import AsdError
+
 DEFAULT_BASE_URL = "https://zenodo.org"
 CHUNK = 1 << 20
 MARKER = ".asd_download.json"
 PARTIAL = ".partial"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(AsdError):
     """A download that could not be completed or verified; the message says what to do."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from asd.errors import AsdError
 from asd.metrics import MAX_FPR, auc_or_nan, dataset_score, metrics_table
 from asd.submission import read_submission_decisions, read_submission_scores, submission_file_names
 
@@ -32,7 +33,7 @@ _GT_2021 = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_(
 _SUBMISSION = re.compile(r"^(anomaly_score|decision_result)_(?P<machine>.+?)_(section|id)_\d+")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AsdError):
     """A submission that does not match the ground truth; the message lists every mismatch."""
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from asd.data import split_train_validation
 from asd.detector import Detector, TrainConfig, load_detector
+from asd.errors import BadState
 from asd.layout import rules_for_files
 from asd.models.registry import make_detector
 from asd.shard import Shard, find_shards
@@ -100,7 +101,7 @@ def cross_fitted_false_alarm_rate(normal: np.ndarray, train: TrainConfig, seed: 
 def train_machine(item: MachineData, run_dir: Path, model: str, train: TrainConfig) -> list[dict]:
     """Fit a detector on the machine's training shard; save it with its thresholds; return threshold rows."""
     if item.train is None:
-        raise FileNotFoundError(f"{item.key}: no train.h5 shard; run data_prep on its train/ folder")
+        raise BadState(f"{item.key}: no train.h5 shard; run data_prep on its train/ folder")
     out = machine_dir(run_dir, item)
     out.mkdir(parents=True, exist_ok=True)
     shard = Shard(item.train)

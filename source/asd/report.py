@@ -52,7 +52,8 @@ def report_run(run_dir: Path, predictions: pd.DataFrame) -> str:
                 lines.append(f"  {row.machine}: false-alarm rate on held-out normal clips {row.false_alarm_rate:.1%} "
                              f"(n={row.n_normal_clips}, cross-fitted: threshold fitted on one half, counted "
                              f"on the other; aim {100 - row.percentile:.0f}%)")
-    lines += ["", f"outputs in {run_dir}: predictions.csv, thresholds.csv, <dataset>/summary.csv, "
+    written = [name for name in ("predictions.csv", "thresholds.csv") if (run_dir / name).is_file()]
+    lines += ["", f"outputs in {run_dir}: {', '.join(written)}, <dataset>/summary.csv, "  # claims only what exists
                   "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png}"]
     text = "\n".join(lines).lstrip("\n")
     (run_dir / "summary.txt").write_text(text + "\n")

@@ -13,6 +13,7 @@ import pandas as pd
 
 from asd.audio import BadAudio, read_clip
 from asd.detector import load_detector
+from asd.errors import BadInput, MissingModel
 from asd.features import FeatureConfig, cut_segments, log_mel
 from asd.layout import UnparseableName, parse_clip_name
 from asd.pipeline import ALL_SECTIONS, threshold_for
@@ -32,10 +33,10 @@ def _model_path(run_dir: Path, machine: str, dataset: str | None) -> Path:
     if dataset is not None:
         candidates = [c for c in candidates if c.parent.parent.relative_to(run_dir).as_posix() == dataset]
     if not candidates:
-        raise FileNotFoundError(f"no trained model for machine type {machine!r} in {run_dir}")
+        raise MissingModel(f"no trained model for machine type {machine!r} in {run_dir}")
     if len(candidates) > 1:
         names = [c.parent.parent.relative_to(run_dir).as_posix() for c in candidates]
-        raise FileNotFoundError(f"{machine!r} was trained in several datasets {names}; pick one with --dataset")
+        raise BadInput(f"{machine!r} was trained in several datasets {names}; pick one with --dataset")
     return candidates[0]
 
 
@@ -71,7 +72,7 @@ def score_paths(run_dir: Path, machine: str, paths: list[Path], dataset: str | N
                              [(waves, log_mel(waves, config), starts)])
         if writer.n_clips == 0:
             writer.abort()
-            raise FileNotFoundError("no usable wav file among the given paths"
+            raise BadInput("no usable wav file among the given paths"
                                     + "".join(f"\n  {p}: {r}" for p, r in skipped))
         shard = Shard(writer.commit())
         scores = detector.score_clips(shard, None, reducer, device)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from asd import __version__
+from asd.errors import AsdError
 from asd.features import SCHEMA_VERSION, FeatureConfig
 
 STR = h5py.string_dtype("utf-8")  # variable length: DCASE names exceed any sensible fixed width
@@ -42,7 +43,7 @@ TABLE_CHUNK_ROWS = 4096  # ~32 KiB per int64 chunk: inside SPEC §4's 10 KiB - 1
 TABLE_CHUNK_MIN_BYTES = 16 * 1024  # narrow columns (int16) get more rows, so no chunk falls below 10 KiB
 
 
-class StaleShard(RuntimeError):
+class StaleShard(AsdError):
     """A shard built with other settings than the ones asked for."""
 
 

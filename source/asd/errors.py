@@ -1,0 +1,19 @@
+"""The project's own error types: bad input or bad state. The command line prints these as one line and exits 2; any other exception is a bug and keeps its traceback."""
+class AsdError(Exception):
+    """Base class of every error the user can fix (bad input, bad state, missing files)."""
+
+
+class BadInput(AsdError):
+    """An option, argument or input file the command cannot use as given (the message says why)."""
+
+
+class BadState(AsdError):
+    """The files on disk are not in the state the command needs (e.g. a folder that is not a run folder)."""
+
+
+class MissingModel(AsdError):
+    """A trained model the command needs is not in the run folder."""
+
+
+class DamagedFile(AsdError):
+    """A file the project wrote is truncated or not what it should be (the message says how to rebuild it)."""
