@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from asd.cli_explore import explore_command
 from asd.cli_run import run_command, training_options
 from asd.inspect_shard import describe_shard, plot_segment
 from asd.shard import Shard, StaleShard, find_shards
@@ -95,3 +96,4 @@ def _register_pipeline_commands() -> None:
 
 
 _register_pipeline_commands()
+main.add_command(explore_command)
