@@ -119,22 +119,27 @@ def test_explore_page_counts_levels_odd_clip_and_skipped_file(odd_dataset, tmp_p
     tables = page_tables(page)
     counts = tables["counts-full"].astype({"clips": int})
     assert counts["clips"].sum() == 14
-    assert counts[counts["split"] == "train"]["clips"].sum() == 10
+    assert counts["train normal"].astype(int).sum() == 10
+    assert counts["test anomaly"].astype(int).sum() == 2
     # The clip with another sound is the least typical of its group.
     atypical = tables["atypical-pump"]
     assert atypical["clip"].iloc[0].endswith("_0050_spd_9.wav"), atypical
     assert "0060_spd_0.wav" in tables["skipped"]["file"].iloc[0]
     levels = tables["levels"]
-    durations = levels[levels["statistic"] == "duration_s"]
-    assert set(durations["min"]) == {"2.500"}
+    assert set(levels["duration min s"]) == {"2.500"} and set(levels["clipped fraction max"]) == {"0.000"}
+    # Tone + noise at 0.3 and 0.1 of full scale (conftest.tone_noise): RMS about -13.5 dBFS.
+    assert all(-15 < float(v) < -12 for v in levels["RMS dBFS mean"]), levels
     text = page.read_text()
     assert text.count("<audio") >= 4 and "http://" not in text and "https://" not in text
 
 
 def test_explore_from_raw_files_counts_the_same(odd_dataset, tmp_path) -> None:
     done = CliRunner().invoke(main, ["explore", "--raw-dir", str(odd_dataset["raw"]), "--out", str(tmp_path),
-                                     "--examples", "0", "--least-typical", "2"])
+                                     "--examples", "3", "--least-typical", "2", "--max-page-mb", "0.5"])
     assert done.exit_code == 0, done.output
+    text = (tmp_path / "tiny.html").read_text()
+    # The media budget holds: audio stops being embedded, and the page says so.
+    assert "audio left out" in text and len(text) < 0.6 * 2**20 and text.count("<audio") < 12
     tables = page_tables(tmp_path / "tiny.html")
     assert tables["counts-full"].astype({"clips": int})["clips"].sum() == 14
     assert tables["atypical-pump"]["clip"].iloc[0].endswith("_0050_spd_9.wav")

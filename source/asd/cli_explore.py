@@ -22,10 +22,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
               help="Example clips (spectrogram and audio) per machine type, split, domain and label.")
 @click.option("--audio-seconds", default=2.0, type=click.FloatRange(0.1, 60.0),
               help="Length of each embedded audio clip.")
-@click.option("--least-typical", default=4, type=click.IntRange(0, 50),
+@click.option("--least-typical", default=3, type=click.IntRange(0, 50),
               help="Training clips per machine type shown as least like their group.")
 @click.option("--max-page-mb", default=5.0, type=click.FloatRange(0.5, 500.0),
-              help="Audio stops being embedded once a page holds this much media.")
+              help="Size a page aims at: audio stops being embedded at 60% of it.")
 def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: str, out_dir: Path,
                     examples: int, audio_seconds: float, least_typical: int, max_page_mb: float) -> None:
     """One self-contained HTML page per dataset: counts, levels, spectra, example clips, odd clips, notes."""

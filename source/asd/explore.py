@@ -38,7 +38,7 @@ class ExploreConfig:
     out_dir: Path = Path("output/explore")
     examples: int = 1  # example clips per machine x split x domain x label
     audio_seconds: float = 2.0
-    least_typical: int = 4  # training clips per machine type, farthest from their group's mean spectrum
+    least_typical: int = 3  # training clips per machine type, farthest from their group's mean spectrum
     max_page_mb: float = 5.0
 
 
@@ -101,14 +101,25 @@ def _unit_settings(unit: Unit) -> tuple[int, int]:
 def _card(clip: ClipData, caption: str, rate: int, hop: int, budget: MediaBudget, seconds: float) -> str:
     fig = spectrogram_figure(clip.logmel, rate, hop, clip.meta["file_name"])
     audio = budget.audio(clip.samples, rate, seconds) if clip.samples is not None else ""
-    return f'<div class="card">{budget.figure(fig, clip.meta["file_name"])}<div>{esc(caption)}</div>{audio}</div>'
+    return f'<div class="card">{budget.picture(fig, clip.meta["file_name"])}<div>{esc(caption)}</div>{audio}</div>'
+
+
+def _style(split: str, domain: str, label: str) -> str:
+    """Colour by domain (source blue, target red, unknown grey); training solid, test normal dashed,
+    test anomaly dotted."""
+    colour = {"source": "C0", "target": "C3"}.get(domain, "C7")
+    if split == "train":
+        return f"{colour}-"
+    return colour + {"normal": "--", "anomaly": ":"}.get(label, "-.")
 
 
 def _spectrum_figure(curves: list[tuple[str, np.ndarray, str]], title: str) -> Figure:
     fig = Figure(figsize=(6.2, 3.0))
     ax = fig.add_subplot()
     for label, spectrum, style in curves:
-        ax.plot(np.arange(len(spectrum)), spectrum, style, linewidth=1, label=label)
+        width = 2.0 if " train " in f" {label} " else 1.0
+        ax.plot(np.arange(len(spectrum)), spectrum, style, linewidth=width, label=label,
+                alpha=0.9 if width > 1 else 1.0)
     ax.set(xlabel="mel bin", ylabel="mean log-mel (dB)", title=title)
     ax.title.set_fontsize(9)
     ax.legend(fontsize=6, ncol=2)
@@ -128,6 +139,19 @@ def _level_figure(stats: DatasetStats, machine: str) -> Figure:
     ax.legend(fontsize=7)
     fig.tight_layout(pad=0.4)
     return fig
+
+
+def _level_row(stats: DatasetStats, machine: str, domain: str) -> dict:
+    """One row of the levels table: a machine type and domain's durations and level statistics."""
+    def get(stat):
+        return stats.levels[(machine, domain, stat)]
+
+    duration, rms, peak = get("duration_s"), get("rms_dbfs"), get("peak_dbfs")
+    return {"machine": machine, "domain": domain, "clips": duration.n, "duration min s": duration.lo,
+            "duration max s": duration.hi, "RMS dBFS mean": rms.mean, "RMS std": rms.std, "RMS min": rms.lo,
+            "RMS max": rms.hi, "peak dBFS mean": peak.mean, "peak max": peak.hi,
+            "clipped fraction max": get("clipped_fraction").hi, "silent fraction mean": get("silent_fraction").mean,
+            "silent fraction max": get("silent_fraction").hi}
 
 
 def _prep_notes(config: ExploreConfig, dataset: str, scan_skipped: list[tuple[str, str]],
@@ -218,15 +242,18 @@ def _sections(config, dataset, stats: DatasetStats, distances: Distances, exampl
     overview = counts.pivot_table(index=["machine", "split", "domain"], columns="label", values="clips",
                                   aggfunc="sum", fill_value=0)
     overview.columns = [str(c) for c in overview.columns]
-    full = counts.sort_values(["machine", "section", "domain", "attributes", "split", "label"])
+    full = counts.assign(column=counts["split"] + " " + counts["label"]).pivot_table(
+        index=["machine", "section", "domain", "attributes"], columns="column", values="clips", aggfunc="sum",
+        fill_value=0)
+    full = full.assign(clips=full.sum(axis=1)).reset_index()
+    full.columns = [str(c) for c in full.columns]
     out = [("Counts", "<p>Clips per machine type, split, domain and label:</p>"
             + table(overview.reset_index(), "counts-overview")
-            + "<p>Clips per machine type, section, domain, attributes, split and label:</p>"
+            + "<p>Clips per machine type, section, domain and attributes, by split and label:</p>"
             + table(full, "counts-full"))]
     rates = pd.DataFrame([(*k, v) for k, v in sorted(stats.rates.items())],
                          columns=["machine", "original sample rate", "original channels", "clips"])
-    levels = pd.DataFrame([{"machine": m, "domain": d, "statistic": s, "clips": r.n, "mean": r.mean,
-                            "std": r.std, "min": r.lo, "max": r.hi} for (m, d, s), r in sorted(stats.levels.items())])
+    levels = pd.DataFrame([_level_row(stats, m, d) for m, d in sorted({k[:2] for k in stats.levels})])
     outliers = pd.DataFrame(stats.outliers(), columns=["machine", "domain", "statistic", "clip", "value", "z"])
     level_figs = "".join(budget.figure(_level_figure(stats, m), f"{m} levels") for m in machines)
     partial = (f"<p class='note'>{stats.partial} clip(s) are only partly stored in the shards "
@@ -240,7 +267,7 @@ def _sections(config, dataset, stats: DatasetStats, distances: Distances, exampl
                 + (table(outliers, "outliers", digits=3) if len(outliers) else "<p>None.</p>")))
     spectra = []
     for machine in machines:
-        curves = [(f"{k[2]} {k[3]} {k[4]} (n={s.n})", s.mean, "-" if k[4] != "anomaly" else "--")
+        curves = [(f"{k[2]} {k[3]} {k[4]} (n={s.n})", s.mean, _style(k[2], k[3], k[4]))
                   for k, s in sorted(stats.spectra.items()) if k[0] == "group" and k[1] == machine]
         figs = [budget.figure(_spectrum_figure(curves, f"{machine}: split, domain, label"), machine)]
         params = sorted({k[2] for k in stats.spectra if k[0] == "attr" and k[1] == machine})
@@ -253,7 +280,8 @@ def _sections(config, dataset, stats: DatasetStats, distances: Distances, exampl
                                       f"{machine} {param}"))
         spectra.append(f"<h3>{esc(machine)}</h3><div class='grid'>{''.join(figs)}</div>")
     out.append(("Mean log-mel spectra", "<p>Mean over clips of each clip's mean log-mel frame: per split, "
-                "domain and label, then per attribute value (normal clips; solid source, dotted target; the "
+                "domain and label (source blue, target red; training solid and thick, test normal dashed, test "
+                "anomaly dotted), then per attribute value (normal clips; solid source, dotted target; the "
                 "ten most frequent values). A gap between source and target curves is the domain shift.</p>"
                 + "".join(spectra)))
     out.append(("Example clips", "".join(

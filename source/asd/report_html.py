@@ -40,6 +40,14 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def figure_jpeg(fig: Figure, quality: int = 80) -> bytes:
+    """JPEG bytes of a figure: spectrograms are noise-like images that PNG compresses poorly."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=DPI, pil_kwargs={"quality": quality})
+    return buffer.getvalue()
+
+
 def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
@@ -57,21 +65,29 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
 
 
 class MediaBudget:
-    """Counts the bytes embedded in a page; audio stops being embedded once the budget is spent."""
+    """Counts the bytes embedded in a page. Images are always embedded (they are small); audio stops
+    being embedded once the page holds `audio_share` of `max_bytes`, leaving room for the figures that
+    come after it."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, audio_share: float = 0.6) -> None:
         self.max_bytes = int(max_bytes)
+        self.audio_limit = int(max_bytes * audio_share)
         self.used = 0
         self.refused = 0
 
-    def img(self, png: bytes, alt: str, css: str = "") -> str:
-        """An <img> tag with the PNG inline (images are always embedded; they are small)."""
-        self.used += len(png) * 4 // 3
+    def img(self, payload: bytes, alt: str, css: str = "", mime: str = "image/png") -> str:
+        """An <img> tag with the image inline (images are always embedded; they are small)."""
+        self.used += len(payload) * 4 // 3
         klass = f' class="{css}"' if css else ""
-        return f'<img{klass} alt="{esc(alt)}" src="{data_uri(png, "image/png")}">'
+        return f'<img{klass} alt="{esc(alt)}" src="{data_uri(payload, mime)}">'
 
     def figure(self, fig: Figure, alt: str, css: str = "") -> str:
+        """A line plot or histogram, as PNG."""
         return self.img(figure_png(fig), alt, css)
+
+    def picture(self, fig: Figure, alt: str, css: str = "") -> str:
+        """An image-like figure (a spectrogram), as JPEG."""
+        return self.img(figure_jpeg(fig), alt, css, mime="image/jpeg")
 
     def file_img(self, path: Path, alt: str, css: str = "") -> str:
         """An existing PNG file inline, or a note saying it is missing."""
@@ -85,7 +101,7 @@ class MediaBudget:
         clip = np.asarray(samples)[: int(round(seconds * rate))]
         payload = wav_bytes(clip, rate)
         size = len(payload) * 4 // 3
-        if self.used + size > self.max_bytes:
+        if self.used + size > self.audio_limit:
             self.refused += 1
             return '<span class="note">(audio left out: page size budget reached)</span>'
         self.used += size

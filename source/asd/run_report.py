@@ -56,7 +56,7 @@ def _clip_cards(shards: list[Path], rows: pd.DataFrame, budget: MediaBudget, sec
             caption = (f"{row['domain']} {row['label']}: score {row['score']:.4g} "
                        f"(threshold {row['threshold']:.4g})")
             fig = spectrogram_figure(clip.logmel, rate, hop, name)
-            cards[name] = (f'<div class="card">{budget.figure(fig, name)}<div>{esc(caption)}</div>'
+            cards[name] = (f'<div class="card">{budget.picture(fig, name)}<div>{esc(caption)}</div>'
                            f"{budget.audio(clip.samples, rate, seconds)}</div>")
     missing = [n for n in rows["file_name"] if n not in cards]
     note = (f"<p class='note'>Not found in the test shards ({len(missing)}): {esc(', '.join(missing))}</p>"
