@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 from click.testing import CliRunner
 
 from asd.cli import main
@@ -166,8 +167,13 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
                      anomaly_strength=8.0, n_jobs=1)
     run_prep(PrepConfig(raw_dir=str(base / "raw"), out_dir=str(base / "processed"), jobs=1))
     run = base / "output" / "run0"
-    done = CliRunner().invoke(main, ["run", "--processed-dir", str(base / "processed"), "--output-dir",
-                                     str(run), "--epochs", "2", "--model", "ae"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is as fast, and never thrashes on a busy machine
+    try:
+        done = CliRunner().invoke(main, ["run", "--processed-dir", str(base / "processed"), "--output-dir",
+                                         str(run), "--epochs", "2", "--model", "ae"])
+    finally:
+        torch.set_num_threads(threads)
     assert done.exit_code == 0, done.output
     assert f"report: {run / 'report.html'}" in done.output
     shutil.copytree(run, base / "output" / "run1")

@@ -160,7 +160,7 @@ table.data th,table.data td{border:1px solid #ccc;padding:2px 6px}
 table.data th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.hl td{background:#fff4cc}.scroll{overflow-x:auto}.note{color:#777;font-size:.85em}
 .grid{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;font-size:.8em}
-.card img{display:block}nav{font-size:.9em;columns:3}code{background:#f5f5f5}
+.card img{display:block}img.plot{width:400px;height:auto}nav{font-size:.9em;columns:3}code{background:#f5f5f5}
 """
 
 

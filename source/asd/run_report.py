@@ -76,7 +76,7 @@ def _most_wrong(predictions: pd.DataFrame, k: int) -> list[tuple[str, pd.DataFra
 def _machine_section(run_dir: Path, dataset: str, machine: str, predictions: pd.DataFrame,
                      processed_dir: str, budget: MediaBudget, k: int, seconds: float) -> str:
     folder = Path(run_dir) / dataset / machine
-    images = "".join(budget.file_img(folder / name, f"{machine} {name}")
+    images = "".join(budget.file_img(folder / name, f"{machine} {name}", "plot")
                      for name in ("roc.png", "score_histogram.png", "loss.png"))
     parts = [f"<div class='grid'>{images}</div>"]
     shards = _test_shards(processed_dir, dataset, machine)
@@ -103,7 +103,8 @@ def write_run_report(run_dir: Path, examples: int = 3, audio_seconds: float = 3.
     sections = []
     for dataset in _datasets(run_dir):
         summary = pd.read_csv(run_dir / dataset / "summary.csv", dtype={"section": str})
-        official = pd.read_csv(run_dir / dataset / "official_score.csv")
+        official = pd.read_csv(run_dir / dataset / "official_score.csv", dtype=str)
+        official["value"] = [_number(v) for v in official["value"]]
         sections.append((f"Summary: {dataset}",
                          table(official, f"official-{slug(dataset)}", 4)
                          + table(summary, f"summary-{slug(dataset)}", 4)))
@@ -126,6 +127,14 @@ def write_run_report(run_dir: Path, examples: int = 3, audio_seconds: float = 3.
              + ". ROC curves, score histograms (thresholds as vertical lines) and loss curves per machine "
                "type; the test clips the detector got most wrong with their log-mel and audio.</p>")
     return write_page(run_dir / REPORT_NAME, page(f"Run {run_dir.name}", intro, sections))
+
+
+def _number(text: str) -> object:
+    """A number written in a CSV as the float it reads back to; other text unchanged."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _attach_datasets(run_dir: Path, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -180,8 +189,9 @@ def write_comparison_page(runs: list[Path], path: Path) -> Path:
     machines = sorted({(d, p.name) for run in runs for d in _datasets(Path(run))
                        for p in (Path(run) / d).iterdir() if p.is_dir() and (p / "roc.png").is_file()})
     for dataset, machine in machines:
-        cards = "".join(f"<div class='card'>{budget.file_img(Path(run) / dataset / machine / 'roc.png', machine)}"
-                        f"<div>{esc(Path(run).name)}</div></div>" for run in runs)
+        images = [budget.file_img(Path(run) / dataset / machine / "roc.png", machine, "plot") for run in runs]
+        cards = "".join(f"<div class='card'>{image}<div>{esc(Path(run).name)}</div></div>"
+                        for run, image in zip(runs, images, strict=True))
         sections.append((f"ROC {dataset}/{machine}", f"<div class='grid'>{cards}</div>"))
     intro = f"<p>{len(runs)} run(s), made by <code>python source/main.py summarize</code>.</p>"
     return write_page(path, page("Runs compared", intro, sections))
