@@ -95,6 +95,7 @@ def iter_shard_clips(path: Path, with_audio: bool = True, max_segments: int = 51
                     b = a + int(counts[j])
                     yield _assemble(meta, starts[a:b], None if waves is None else waves[a:b], mels[a:b],
                                     hop_length, lo + j)
+                del starts, mels, waves  # let go of this chunk before the next one is read
                 k = end
 
 
