@@ -25,7 +25,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 @click.option("--least-typical", default=3, type=click.IntRange(0, 50),
               help="Training clips per machine type shown as least like their group.")
 @click.option("--max-page-mb", default=5.0, type=click.FloatRange(0.5, 500.0),
-              help="Size a page aims at: audio stops being embedded at 60% of it.")
+              help="Size a page aims at: audio stops being embedded at 75% of it.")
 def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: str, out_dir: Path,
                     examples: int, audio_seconds: float, least_typical: int, max_page_mb: float) -> None:
     """One self-contained HTML page per dataset: counts, levels, spectra, example clips, odd clips, notes."""

@@ -69,7 +69,7 @@ class MediaBudget:
     being embedded once the page holds `audio_share` of `max_bytes`, leaving room for the figures that
     come after it."""
 
-    def __init__(self, max_bytes: int, audio_share: float = 0.6) -> None:
+    def __init__(self, max_bytes: int, audio_share: float = 0.75) -> None:
         self.max_bytes = int(max_bytes)
         self.audio_limit = int(max_bytes * audio_share)
         self.used = 0
