@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from asd.cli_explore import explore_command
 from asd.cli_run import run_command, training_options
 from asd.inspect_shard import describe_shard, plot_segment
 from asd.shard import Shard, StaleShard, find_shards
@@ -89,11 +88,11 @@ def inspect_command(path: Path, names: int, png: Path | None, segment: int) -> N
 
 
 def _register_pipeline_commands() -> None:
+    from asd.cli_explore import explore_command
     from asd.cli_run import run_command, score_command, summarize_command, test_command, train_command
 
-    for command in (run_command, train_command, test_command, summarize_command, score_command):
+    for command in (run_command, train_command, test_command, summarize_command, score_command, explore_command):
         main.add_command(command)
 
 
 _register_pipeline_commands()
-main.add_command(explore_command)
