@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up (.venv) and runs the main job on the built-in synthetic dataset:
-# synthetic DCASE-like data -> data_prep (HDF5 shards) -> train + test -> official files and metrics.
+# synthetic DCASE-like data -> data_prep (HDF5 shards) -> explore page -> train + test -> official files,
+# metrics and the run's report.html.
 # Environment: DEMO_SCALE (default 0.2 of DCASE size), DEMO_EPOCHS (default 10), DEMO_MODEL (default: the
 # project's default model).
 set -euo pipefail
@@ -17,4 +18,6 @@ if [ ! -f "$RAW/synth_config.json" ]; then
 fi
 $PY source/data_prep.py --raw-dir data/raw --out-dir data/processed
 $PY source/main.py inspect data/processed/synth/fan/train.h5 --names 3
+$PY source/main.py explore --processed-dir data/processed --out output/explore
 $PY source/main.py --epochs "$EPOCHS" "${MODEL_ARGS[@]}"
+echo "pages: output/explore/synth.html (the data) and the run's report.html (printed above); open them in a browser"

@@ -62,6 +62,8 @@ LAZY_COMMANDS = {
              "Cache every clip as 1-second segments in HDF5 shards (= source/data_prep.py)."),
     "download": ("asd.cli_data:download_command",
                  "Download, verify and unpack official DCASE Task 2 archives into data/raw."),
+    "explore": ("asd.cli_explore:explore_command",
+                "One self-contained HTML page per dataset: counts, levels, spectra, examples, odd clips."),
     "evaluate": ("asd.cli_data:evaluate_command",
                  "Official eval-set figures of runs or submission folders from the published ground truth."),
 }

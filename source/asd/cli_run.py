@@ -128,12 +128,16 @@ def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, g
 
 @click.command("summarize", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the comparison as a page here [default: <common parent of RUNS>/compare.html].")
 @fail_cleanly
-def summarize_command(runs: tuple[Path, ...]) -> None:
+def summarize_command(runs: tuple[Path, ...], html_path: Path | None) -> None:
     """One table over machine types; several runs side by side."""
     from asd.report import compare_runs
 
     click.echo(compare_runs(list(runs)))
+    from asd.run_report import default_comparison_path, write_comparison_page
+    click.echo(f"page: {write_comparison_page(list(runs), html_path or default_comparison_path(list(runs)))}")
 
 
 @click.command("score", context_settings=CONTEXT)

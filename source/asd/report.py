@@ -74,6 +74,16 @@ def run_scores(run_dir: Path) -> pd.DataFrame:
 
 def compare_runs(runs: list[Path]) -> str:
     """Per machine x section metrics and the official score, one column block per run."""
+    merged = comparison_frame(runs)
+    if merged is None:
+        return "no evaluated runs found (run `python source/main.py test --run RUN` first)"
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format",
+                           "{:.4f}".format):
+        return merged.to_string(na_rep="")
+
+
+def comparison_frame(runs: list[Path]) -> pd.DataFrame | None:
+    """The table of `compare_runs` (None when no run was evaluated)."""
     blocks = []
     for run in runs:
         label = Path(run).name
@@ -92,9 +102,6 @@ def compare_runs(runs: list[Path]) -> str:
                                        index=pd.MultiIndex.from_tuples([(row.dataset, "ALL", "")],
                                                                        names=["dataset", "machine", "section"])))
     if not blocks:
-        return "no evaluated runs found (run `python source/main.py test --run RUN` first)"
+        return None
     merged = pd.concat(blocks, axis=1)
-    merged = merged.T.groupby(level=[0, 1], sort=False).first().T
-    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format",
-                           "{:.4f}".format):
-        return merged.to_string(na_rep="")
+    return merged.T.groupby(level=[0, 1], sort=False).first().T

@@ -155,6 +155,9 @@ def test_stage(run_dir: Path, machines: tuple[str, ...] = (), device: str | None
     if all_predictions:
         click.echo(report_run(run_dir, pd.concat(all_predictions, ignore_index=True)))
         outcome.reported = True
+        from asd.run_report import write_run_report
+
+        click.echo(f"report: {write_run_report(run_dir)}  (open it in a browser)")
     return outcome
 
 
