@@ -460,3 +460,22 @@ def test_real_recordings_prep_round_trip(tmp_path: Path) -> None:
     old = Shard(shard_path(out, "dcase2020t2/dev_data/raw", "unidentified_machine", "train"))
     assert old.attrs["n_clips"] == 8 and set(old.clips["section"]) == {"00"}
     assert len(prep(REAL_ROOT, out, jobs=2).shards_skipped) == 14
+
+
+def test_old_schema_cache_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    """A cache from before the whole-clip log-mel (schema 1) is neither reused nor read."""
+    raw = build_dataset(tmp_path / "raw" / "ds", {"fan": (2, 0)}).parent
+    out = tmp_path / "out"
+    prep(raw, out)
+    path = shard_path(out, "ds", "fan", "train")
+    with h5py.File(path, "r+") as file:
+        file.attrs["schema_version"] = 1
+        file.attrs["fingerprint"] = "0123456789abcdef"
+    before = mtimes(out)
+    with pytest.raises(StaleShard, match=r"shard schema 1, this version writes 2.*--force"):
+        prep(raw, out)
+    with pytest.raises(StaleShard, match="schema version 1"):
+        Shard(path)
+    assert mtimes(out) == before
+    assert prep(raw, out, force=True).shards_written == [str(path)]
+    assert_shard_matches_sources(path, raw)

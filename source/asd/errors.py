@@ -1,0 +1,20 @@
+"""The project's own error types: bad input or bad state. The command line prints these as one line and exits 2; any other exception is a bug and keeps its traceback."""
+class AsdError(Exception):
+    """Base class of every error the user can fix (bad input, bad state, missing files)."""
+
+
+class BadInput(AsdError):
+    """An option, file or folder the user gave that cannot be used as it is."""
+
+
+class BadState(AsdError):
+    """Something on disk is not as it must be (a stale or damaged cache, a full disk, a leftover)."""
+
+
+class ShardWriteFailed(BadState):
+    """A shard could not be written or did not read back as written; nothing was committed."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"writing {path} failed: {reason}")
+        self.path = str(path)
+        self.reason = reason
