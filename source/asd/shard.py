@@ -284,7 +284,7 @@ class ShardWriter:
             self._create(expected_segments, expected_clips, meta)
         except (OSError, RuntimeError, ValueError) as err:
             self.abort()
-            raise ShardWriteFailed(self.final_path, _reason(err)) from err
+            raise ShardWriteFailed(self.final_path, f"{_reason(err)}; nothing was committed") from err
 
     def _create(self, expected_segments: int, expected_clips: int, meta: dict[str, str]) -> None:
         config = self.config
@@ -328,12 +328,12 @@ class ShardWriter:
         try:
             self._add(clips, segments)
         except (OSError, RuntimeError, ValueError) as err:
-            raise ShardWriteFailed(self.final_path, _reason(err)) from err
+            raise ShardWriteFailed(self.final_path, f"{_reason(err)}; nothing was committed") from err
         self._check_guard()
 
     def _check_guard(self) -> None:
         if self.guard is not None and self.guard.error is not None:
-            raise ShardWriteFailed(self.final_path, _reason(self.guard.error))
+            raise ShardWriteFailed(self.final_path, f"{_reason(self.guard.error)}; nothing was committed")
 
     def _add(self, clips: list[dict], segments: list) -> None:
         first = self.n_segments
