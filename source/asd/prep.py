@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -87,9 +88,42 @@ def source_digest(clips: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def process_clips(paths: list[str], config: FeatureConfig) -> list[tuple | str]:
+class Throttle:
+    """Backpressure between the workers and the single writer: task k starts only once the writer has
+    consumed task k - window. joblib dispatches a new task whenever one completes, not when its result
+    is consumed, so without this a writer a little slower than the workers lets finished results pile
+    up in memory, growing with the number of clips. Task k - window is always consumable before task k
+    runs (results are consumed in order), so this never deadlocks. In another process (a process
+    backend) it unpickles as a no-op: there the results are shipped as they complete anyway."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.consumed = 0
+        self._cond = threading.Condition()
+
+    def wait_turn(self, task: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.consumed >= task - self.window)
+
+    def consumed_one(self) -> None:
+        with self._cond:
+            self.consumed += 1
+            self._cond.notify_all()
+
+    def __reduce__(self):
+        return (_no_throttle, ())
+
+
+def _no_throttle() -> None:
+    return None
+
+
+def process_clips(paths: list[str], config: FeatureConfig, throttle: Throttle | None = None,
+                  task: int = 0) -> list[tuple | str]:
     """Worker task: decode and featurise clips. Per clip either
     `(SegmentFeatures, n_samples, original_rate, original_channels, notes)` or an error string."""
+    if throttle is not None:
+        throttle.wait_turn(task)
     return [_process_clip(path, config) for path in paths]
 
 
@@ -167,17 +201,16 @@ class _ShardJob:
 
     def __init__(self, path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig) -> None:
         self.path, self.clips, self.digest = path, clips, digest
-        self.rows = clips.to_dict("records")
         self.offset = 0
         self.expected = sum(expected_segments(p, cfg.features) for p in clips["path"])
-        first = self.rows[0]
+        first = clips.iloc[0]
         self.meta = {"dataset": first["dataset"], "machine": first["machine"], "split": first["split_folder"],
                      "source_root": str(Path(cfg.raw_dir).resolve()), "source_digest": digest}
         self.writer: ShardWriter | None = None
         self.failed: str | None = None
 
     def add(self, results: list, cfg: PrepConfig, summary: PrepSummary) -> None:
-        rows = self.rows[self.offset:self.offset + len(results)]
+        rows = self.clips.iloc[self.offset:self.offset + len(results)].to_dict("records")
         self.offset += len(results)
         if self.failed:
             return
@@ -199,7 +232,7 @@ class _ShardJob:
         try:
             if self.writer is None:
                 self.writer = ShardWriter(self.path, cfg.features, self.meta, expected_segments=self.expected,
-                                          expected_clips=len(self.rows))
+                                          expected_clips=len(self.clips))
             self.writer.add_clips(batch_rows, batch_feats)
         except ShardWriteFailed as err:
             self.fail(err.reason)
@@ -208,6 +241,7 @@ class _ShardJob:
         self.failed = reason
         if self.writer is not None:
             self.writer.abort()
+            self.writer = None
 
     def finish(self, summary: PrepSummary) -> None:
         """Commit (verified), or record why not."""
@@ -226,6 +260,7 @@ class _ShardJob:
         summary.clips += self.writer.n_clips
         summary.segments += self.writer.n_segments
         summary.shards_written.append(str(self.path))
+        self.writer = None  # its staging buffers (~16 MB) go now, not at the end of the run
 
 
 def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, parallel: Parallel,
@@ -235,14 +270,16 @@ def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, 
     tasks = [(k, job.clips["path"].iloc[i:i + CLIPS_PER_TASK].tolist())
              for k, job in enumerate(jobs) for i in range(0, len(job.clips), CLIPS_PER_TASK)]
     owners = [k for k, _ in tasks]
+    throttle = Throttle(window=4 * max(1, abs(cfg.jobs) if cfg.jobs > 0 else (os.cpu_count() or 1)))
     current = 0
     try:
-        for owner, results in zip(owners, parallel(delayed(process_clips)(paths, cfg.features)
-                                                   for _, paths in tasks), strict=True):
+        for owner, results in zip(owners, parallel(delayed(process_clips)(paths, cfg.features, throttle, i)
+                                                   for i, (_, paths) in enumerate(tasks)), strict=True):
             while current < owner:
                 jobs[current].finish(summary)
                 current += 1
             jobs[owner].add(results, cfg, summary)
+            throttle.consumed_one()
             progress.update(len(results))
         while current < len(jobs):
             jobs[current].finish(summary)
