@@ -68,9 +68,12 @@ def feature_config(segment_seconds: float, hop_seconds: float, tail: str, channe
 @click.option("--hop-length", default=512, type=click.IntRange(1, 65536), help="STFT hop in samples.")
 @click.option("--force", is_flag=True, help="Rebuild shards even when they are up to date.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--scheduler", default=None,
+              help="Build shards as Dask tasks: local[:N] worker processes, or a scheduler address "
+                   "(the workers must see --raw-dir and --out-dir).")
 def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_seconds: float,
                  hop_seconds: float, tail: str, channel: str, n_mels: int, n_fft: int, hop_length: int,
-                 force: bool, quiet: bool) -> None:
+                 force: bool, quiet: bool, scheduler: str | None = None) -> None:
     """Cut every clip into segments and cache waveform + log-mel in one HDF5 shard per
     dataset x machine type x split. A second run with the same settings does no work."""
     features = feature_config(segment_seconds, hop_seconds, tail, channel, n_mels, n_fft, hop_length)
@@ -79,7 +82,16 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_s
     cfg = PrepConfig(raw_dir=raw_dir, out_dir=out_dir, jobs=jobs, force=force, features=features,
                      machines=tuple(m.strip() for m in machines.split(",") if m.strip()))
     try:
-        summary = run_prep(cfg, show_progress=not quiet)
+        if scheduler:  # asd.distributed (branch `dist`): one Dask task per shard, each through build_shard
+            from asd.distributed import TaskFailures, check_scheduler, run_prep_distributed
+
+            try:
+                summary = run_prep_distributed(cfg, check_scheduler(scheduler), log=click.echo)
+            except TaskFailures as err:
+                click.echo(f"error: {err}", err=True)
+                sys.exit(1)
+        else:
+            summary = run_prep(cfg, show_progress=not quiet)
     except AsdError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

@@ -289,6 +289,14 @@ def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, 
             job.fail("interrupted")
 
 
+def build_shard(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig, summary: PrepSummary,
+                parallel: Parallel, progress: tqdm) -> None:
+    """Write one shard from its clips (the unit of work of a distributed run): leftovers of killed runs
+    removed, bad files recorded in `summary`, a failed write recorded in `summary.shards_failed`."""
+    remove_stale_partials(path.parent, f".{path.name}.*.partial")
+    _write_shards([_ShardJob(path, clips, digest, cfg)], cfg, summary, parallel, progress)
+
+
 def check_out_dir(out_dir: Path) -> None:
     """The output folder can be created and written, or a `BadInput` naming it and why."""
     out_dir = Path(out_dir)
