@@ -96,9 +96,10 @@ def make_dataset() -> Callable[..., Path]:
 
 
 def assert_shard_matches_sources(shard_path: Path, raw_root: Path) -> None:
-    """Every stored segment equals the source samples at its start sample, and its log-mel equals
-    `asd.features.log_mel` of those samples. For 16-bit mono clips at the shard's rate."""
-    from asd.features import log_mel
+    """Every stored segment equals the source samples at its start sample, and its log-mel equals its
+    frames of `asd.features.clip_log_mel` of the whole (zero-padded) clip. For 16-bit mono clips at the
+    shard's rate."""
+    from asd.features import clip_log_mel, first_frames
     from asd.shard import Shard
 
     shard = Shard(shard_path)
@@ -111,13 +112,15 @@ def assert_shard_matches_sources(shard_path: Path, raw_root: Path) -> None:
         assert clip["n_samples"] == len(samples)
         rows = shard.clip_segments(index)
         starts = segments["start_sample"].to_numpy()[rows]
-        expected = np.zeros((len(starts), length), dtype=np.int16)
-        for k, start in enumerate(starts):
-            piece = samples[start:start + length]
-            expected[k, :len(piece)] = piece
+        padded = np.zeros(max(len(samples), int(starts[-1]) + length), dtype=np.int16)
+        padded[:len(samples)] = samples
+        expected = np.stack([padded[start:start + length] for start in starts])
         np.testing.assert_array_equal(shard.waveform(rows), expected, err_msg=clip["file_name"])
-        np.testing.assert_allclose(shard.logmel(rows), log_mel(expected, config), rtol=0, atol=1e-3,
-                                   err_msg=clip["file_name"])
+        frames = first_frames(starts, len(padded), config)
+        np.testing.assert_array_equal(segments["first_frame"].to_numpy()[rows], frames)
+        whole = clip_log_mel(padded, config)
+        cut = np.stack([whole[:, f:f + config.n_frames] for f in frames])
+        np.testing.assert_allclose(shard.logmel(rows), cut, rtol=0, atol=1e-3, err_msg=clip["file_name"])
     shard.close()
 
 

@@ -12,8 +12,16 @@ import torch
 import torchaudio
 
 from asd.audio import BadAudio, read_clip
-from asd.features import FeatureConfig, cut_segments, log_mel, segment_starts
-from conftest import RATE, write_wav
+from asd.features import (
+    FeatureConfig,
+    clip_log_mel,
+    cut_segments,
+    first_frames,
+    log_mel,
+    segment_features,
+    segment_starts,
+)
+from conftest import RATE, tone_noise, write_wav
 
 CFG = FeatureConfig()
 
@@ -169,3 +177,56 @@ def test_fingerprint_follows_every_setting() -> None:
     prints = {c.fingerprint() for c in changed}
     assert len(prints) == len(changed) and base.fingerprint() not in prints
     assert FeatureConfig(n_mels=64).differences(base.to_dict()) == {"n_mels": (128, 64)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# whole-clip log-mel, cut per segment (schema 2)
+
+
+def _clip(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.round(tone_noise(seconds, seed=seed) * 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize(("seconds", "tail", "hop_seconds"), [
+    (10.0, "last", 1.0), (2.5, "last", 1.0), (2.5, "pad", 1.0), (3.3, "drop", 0.5), (0.4, "last", 1.0)])
+def test_segment_logmel_is_the_whole_clip_logmel_cut(seconds: float, tail: str, hop_seconds: float) -> None:
+    config = FeatureConfig(tail=tail, hop_seconds=hop_seconds)
+    samples = _clip(seconds)
+    feats = segment_features(samples, config)
+    padded = samples if feats.padded_to is None else np.concatenate(
+        [samples, np.zeros(feats.padded_to - len(samples), np.int16)])
+    whole = clip_log_mel(padded, config)
+    assert whole.shape == (config.n_mels, 1 + len(padded) // config.hop_length)
+    assert feats.logmels.shape == (len(feats.starts), config.n_mels, config.n_frames)
+    np.testing.assert_array_equal(feats.first_frames, first_frames(feats.starts, len(padded), config))
+    for k, frame in enumerate(feats.first_frames):
+        np.testing.assert_array_equal(feats.logmels[k], whole[:, frame:frame + config.n_frames])
+        np.testing.assert_array_equal(feats.waves[k], padded[feats.starts[k]:feats.starts[k] + 16000])
+
+
+def test_first_frame_rule() -> None:
+    # hop 512: segment starts 0, 16000 (frame 31.25 -> 31), 32000 (62.5 -> 63, halves up), 64000 (125);
+    # a 2.5 s clip's "last" segment starts at 24000 (46.875 -> 47) and fits (frames 47..78 of 0..78);
+    # a 40400-sample clip's last segment (24400 -> 48) would run past frame 78, so it takes 47..78.
+    got = first_frames(np.array([0, 16000, 32000, 64000]), 80000, CFG)
+    assert got.tolist() == [0, 31, 63, 125]
+    assert first_frames(np.array([24000]), 40000, CFG).tolist() == [47]
+    assert first_frames(np.array([24400]), 40400, CFG).tolist() == [47]
+    centres = first_frames(np.arange(0, 144001, 16000), 160000, CFG) * CFG.hop_length
+    assert np.abs(centres - np.arange(0, 144001, 16000)).max() <= CFG.hop_length // 2
+
+
+def test_interior_segments_differ_from_per_segment_only_at_their_edges() -> None:
+    """Where a segment starts on the frame grid (s % 512 == 0: segments 0 and 4 of a 10 s clip), its
+    frames are the per-segment ones except those whose window crosses a segment edge into the clip
+    (frame 0 has half its window before the start, frame 31 after the end); the clip's own start keeps
+    the per-segment padding."""
+    samples = _clip(10.0, seed=3)
+    feats = segment_features(samples, CFG)
+    old = log_mel(feats.waves, CFG)  # schema 1: every segment on its own, padded at both edges
+    for k in (0, 4):
+        assert feats.starts[k] % CFG.hop_length == 0
+        np.testing.assert_allclose(feats.logmels[k][:, 1:31], old[k][:, 1:31], rtol=0, atol=1e-3)
+        assert np.abs(feats.logmels[k][:, 31] - old[k][:, 31]).max() > 1.0  # real audio, not padding
+    np.testing.assert_allclose(feats.logmels[0][:, 0], old[0][:, 0], rtol=0, atol=1e-3)  # the clip's start
+    assert np.abs(feats.logmels[4][:, 0] - old[4][:, 0]).max() > 1.0

@@ -460,3 +460,40 @@ def test_real_recordings_prep_round_trip(tmp_path: Path) -> None:
     old = Shard(shard_path(out, "dcase2020t2/dev_data/raw", "unidentified_machine", "train"))
     assert old.attrs["n_clips"] == 8 and set(old.clips["section"]) == {"00"}
     assert len(prep(REAL_ROOT, out, jobs=2).shards_skipped) == 14
+
+
+def test_old_schema_cache_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    """A cache from before the whole-clip log-mel (schema 1) is neither reused nor read."""
+    raw = build_dataset(tmp_path / "raw" / "ds", {"fan": (2, 0)}).parent
+    out = tmp_path / "out"
+    prep(raw, out)
+    path = shard_path(out, "ds", "fan", "train")
+    with h5py.File(path, "r+") as file:
+        file.attrs["schema_version"] = 1
+        file.attrs["fingerprint"] = "0123456789abcdef"
+    before = mtimes(out)
+    with pytest.raises(StaleShard, match=r"shard schema 1, this version writes 2.*--force"):
+        prep(raw, out)
+    with pytest.raises(StaleShard, match="schema version 1"):
+        Shard(path)
+    assert mtimes(out) == before
+    assert prep(raw, out, force=True).shards_written == [str(path)]
+    assert_shard_matches_sources(path, raw)
+
+
+def test_build_shard_alone_writes_what_run_prep_writes(tmp_path: Path) -> None:
+    """The one-shard entry point (a distributed worker's unit of work) gives the same shard."""
+    from joblib import Parallel
+    from tqdm.auto import tqdm
+
+    from asd.layout import scan_raw_root
+    from asd.prep import _shard_plan, build_shard
+
+    raw = build_dataset(tmp_path / "raw" / "ds", {"fan": (3, 0)}).parent
+    cfg = PrepConfig(raw_dir=str(raw), out_dir=str(tmp_path / "alone"), jobs=1)
+    (path, clips, digest), = list(_shard_plan(scan_raw_root(raw)[0], cfg))
+    summary = PrepSummary()
+    with tqdm(disable=True) as bar:
+        build_shard(path, clips, digest, cfg, summary, Parallel(n_jobs=1, return_as="generator"), bar)
+    assert summary.shards_written == [str(path)] and summary.clips == 3 and not summary.shards_failed
+    assert_shard_matches_sources(path, raw)

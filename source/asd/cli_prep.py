@@ -1,4 +1,10 @@
-"""Command line of data_prep (`python source/data_prep.py`)."""
+"""Command line of data_prep (`python source/data_prep.py`).
+
+Every option is checked before any work starts (click's types and ranges, then the combinations), and a
+bad one gets a one-line message naming it and what is allowed. The project's own errors (`AsdError`)
+become one-line messages with exit status 2; a run where some shard failed exits 1; anything else is a
+bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,43 +16,77 @@ from asd.cli_config import config_option
 from asd.cli_options import COMMA_LIST
 from asd.errors import AsdError
 from asd.features import CHANNEL_POLICIES, TAIL_POLICIES, FeatureConfig
-from asd.prep import PrepConfig, run_prep
-from asd.shard import StaleShard
+
+POSITIVE_SECONDS = click.FloatRange(min=0.0, min_open=True, max=600.0)
+
+
+def _check_jobs(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value == 0:
+        raise click.BadParameter("must be a positive number of workers, or negative (-1 = all cores)")
+    return value
+
+
+def feature_config(segment_seconds: float, hop_seconds: float, tail: str, channel: str, n_mels: int,
+                   n_fft: int, hop_length: int) -> FeatureConfig:
+    """The feature settings, or a `click.UsageError` naming the option that makes them impossible."""
+    rate = FeatureConfig.sample_rate
+    segment = int(round(segment_seconds * rate))
+    if segment < n_fft:
+        raise click.BadParameter(f"{n_fft} is longer than a segment (--segment-seconds {segment_seconds} = "
+                                 f"{segment} samples); use --n-fft <= {segment} or longer segments",
+                                 param_hint="'--n-fft'")
+    if hop_length > n_fft:
+        raise click.BadParameter(f"{hop_length} is longer than --n-fft {n_fft} (samples would be skipped)",
+                                 param_hint="'--hop-length'")
+    if n_mels > n_fft // 2 + 1:
+        raise click.BadParameter(f"{n_mels} mel bands need more than the {n_fft // 2 + 1} frequency bins of "
+                                 f"--n-fft {n_fft}; use --n-mels <= {n_fft // 2 + 1}", param_hint="'--n-mels'")
+    if int(round(hop_seconds * rate)) < 1:
+        raise click.BadParameter(f"{hop_seconds} is shorter than one sample", param_hint="'--hop-seconds'")
+    try:
+        return FeatureConfig(segment_seconds=segment_seconds, hop_seconds=hop_seconds, tail=tail,
+                             channel=channel, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
+    except ValueError as err:  # anything the checks above missed is still a usage error, not a traceback
+        raise click.UsageError(f"impossible feature settings: {err}") from err
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--raw-dir", default="data/raw", help="Root holding <dataset>/<machine>/{train,test}/*.wav.")
-@click.option("--out-dir", default="data/processed", help="Where the shards go (mirrors the raw tree).")
-@click.option("--jobs", default=-1, type=int, help="Worker processes (-1 = all cores).")
+@click.option("--raw-dir", default="data/raw", type=click.Path(exists=True, file_okay=False),
+              help="Root holding <dataset>/<machine>/{train,test}/*.wav.")
+@click.option("--out-dir", default="data/processed", type=click.Path(),
+              help="Where the shards go (mirrors the raw tree).")
+@click.option("--jobs", default=-1, type=int, callback=_check_jobs,
+              help="Parallel workers (-1 = all cores, -2 = all but one, ...).")
 @click.option("--machines", type=COMMA_LIST, default="", show_default=False,
               help="Comma-separated machine types (default: all found).")
-@click.option("--segment-seconds", default=1.0, type=float, help="Segment length.")
-@click.option("--hop-seconds", default=1.0, type=float, help="Hop between segment starts.")
+@click.option("--segment-seconds", default=1.0, type=POSITIVE_SECONDS, help="Segment length.")
+@click.option("--hop-seconds", default=1.0, type=POSITIVE_SECONDS, help="Hop between segment starts.")
 @click.option("--tail", type=click.Choice(TAIL_POLICIES), default="last",
               help="Audio after the last whole segment: 'last' = one more segment aligned to the clip "
                    "end, 'pad' = zero-padded segment, 'drop' = discard.")
 @click.option("--channel", type=click.Choice(CHANNEL_POLICIES), default="left",
               help="Which channel of stereo files to keep (DCASE 2026: left = near mic).")
-@click.option("--n-mels", default=128, type=int)
-@click.option("--n-fft", default=1024, type=int)
-@click.option("--hop-length", default=512, type=int, help="STFT hop in samples.")
+@click.option("--n-mels", default=128, type=click.IntRange(1, 1024))
+@click.option("--n-fft", default=1024, type=click.IntRange(8, 65536))
+@click.option("--hop-length", default=512, type=click.IntRange(1, 65536), help="STFT hop in samples.")
 @click.option("--force", is_flag=True, help="Rebuild shards even when they are up to date.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--scheduler", default=None,
               help="Build shards as Dask tasks: local[:N] worker processes, or a scheduler address "
                    "(the workers must see --raw-dir and --out-dir).")
 @config_option
-def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_seconds: float,
+def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: tuple[str, ...], segment_seconds: float,
                  hop_seconds: float, tail: str, channel: str, n_mels: int, n_fft: int, hop_length: int,
                  force: bool, quiet: bool, scheduler: str | None = None) -> None:
     """Cut every clip into segments and cache waveform + log-mel in one HDF5 shard per
     dataset x machine type x split. A second run with the same settings does no work."""
+    features = feature_config(segment_seconds, hop_seconds, tail, channel, n_mels, n_fft, hop_length)
+    from asd.prep import PrepConfig, run_prep  # after the checks: a bad option costs no torch import
+
+    cfg = PrepConfig(raw_dir=raw_dir, out_dir=out_dir, jobs=jobs, force=force, features=features,
+                     machines=tuple(machines))
     try:
-        features = FeatureConfig(segment_seconds=segment_seconds, hop_seconds=hop_seconds, tail=tail,
-                                 channel=channel, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
-        cfg = PrepConfig(raw_dir=raw_dir, out_dir=out_dir, jobs=jobs, force=force, features=features,
-                         machines=tuple(machines))
-        if scheduler:
+        if scheduler:  # asd.distributed (branch `dist`): one Dask task per shard, each through build_shard
             from asd.distributed import TaskFailures, check_scheduler, run_prep_distributed
 
             try:
@@ -56,7 +96,7 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_s
                 sys.exit(1)
         else:
             summary = run_prep(cfg, show_progress=not quiet)
-    except (AsdError, StaleShard, FileNotFoundError, ValueError) as err:
+    except AsdError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     for line in summary.lines():
@@ -67,4 +107,10 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: str, segment_s
 
     write_effective_config(Path(out_dir) / "data_prep_config.yaml", click.get_current_context().params,
                            "python source/data_prep.py")
+    if summary.shards_failed:
+        first = summary.shards_failed[0]
+        click.echo(f"error: {len(summary.shards_failed)} shard(s) not written ({first.path}: {first.reason}"
+                   f"{'; see above' if len(summary.shards_failed) > 1 else ''}); every shard written is complete",
+                   err=True)
+        sys.exit(1)
     click.echo(f"shards in {out_dir}; look inside with `python source/main.py inspect SHARD.h5`")

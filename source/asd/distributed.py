@@ -118,6 +118,7 @@ def run_prep_distributed(cfg: PrepConfig, scheduler: str, log: Callable[[str], N
                 summary.shards_written += part.shards_written
                 summary.shards_skipped += part.shards_skipped
                 summary.files_skipped += part.files_skipped
+                summary.shards_failed += part.shards_failed
                 for kind, n in part.notes.items():
                     summary.notes[kind] = summary.notes.get(kind, 0) + n
     summary.shards_written.sort()

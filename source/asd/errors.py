@@ -8,7 +8,7 @@ class BadInput(AsdError):
 
 
 class BadState(AsdError):
-    """The files on disk are not in the state the command needs (e.g. a folder that is not a run folder)."""
+    """Something on disk is not as it must be (a stale or damaged cache, a full disk, a leftover)."""
 
 
 class MissingModel(AsdError):
@@ -17,3 +17,12 @@ class MissingModel(AsdError):
 
 class DamagedFile(AsdError):
     """A file the project wrote is truncated or not what it should be (the message says how to rebuild it)."""
+
+
+class ShardWriteFailed(BadState):
+    """A shard could not be written or did not read back as written; nothing was committed."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"writing {path} failed: {reason}")
+        self.path = str(path)
+        self.reason = reason

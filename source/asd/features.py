@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
-import torchaudio
 
 # Bump when the shard layout or the meaning of a stored value changes: old caches are then refused.
-SCHEMA_VERSION = 1
+# 2: log-mel computed over the whole clip and cut per segment (was: per segment, padded at every edge).
+SCHEMA_VERSION = 2
 
 TAIL_POLICIES = ("last", "pad", "drop")
 CHANNEL_POLICIES = ("left", "right", "mean")
@@ -112,7 +111,9 @@ def cut_segments(samples: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray
 
 
 @lru_cache(maxsize=8)
-def _mel_transform(config: FeatureConfig) -> torchaudio.transforms.MelSpectrogram:
+def _mel_transform(config: FeatureConfig):
+    import torchaudio  # here, not at the top: option checks and shard reading need no torch
+
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
         f_min=config.f_min, f_max=config.f_max, n_mels=config.n_mels, power=config.power,
@@ -121,12 +122,68 @@ def _mel_transform(config: FeatureConfig) -> torchaudio.transforms.MelSpectrogra
 
 
 def log_mel(segments_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """Log-mel spectrograms `[n, n_mels, n_frames]` (float32) of int16 segments `[n, samples]`.
+    """Log-mel spectrograms `[n, n_mels, frames]` (float32) of int16 signals `[n, samples]`, each on its own
+    (centred STFT: frame f is centred at sample f * hop_length, reflect-padded at both ends).
 
     Same scale as the DCASE baseline: `(20 / power) * log10(mel + eps)`, i.e. decibels for power 2.
     """
+    import torch
+
     waves = torch.from_numpy(segments_int16.astype(np.float32) / 32768.0)
     with torch.no_grad():
         mel = _mel_transform(config)(waves)
         out = (20.0 / config.power) * torch.log10(mel + sys.float_info.epsilon)
     return out.numpy().astype(np.float32, copy=False)
+
+
+def clip_log_mel(samples_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """The log-mel of a whole clip, `[n_mels, 1 + len // hop_length]`: frame f is centred at sample
+    f * hop_length; only the clip's true start and end are padded (reflect)."""
+    return log_mel(np.asarray(samples_int16)[None], config)[0]
+
+
+def first_frames(starts: np.ndarray, n_samples: int, config: FeatureConfig) -> np.ndarray:
+    """Index of each segment's first frame in the whole-clip log-mel of a clip of `n_samples` samples.
+
+    A segment starting at sample s takes the `n_frames` consecutive frames from the frame whose centre is
+    nearest to s (round(s / hop_length), halves rounded up), so its frame centres lie within half a frame
+    hop of the segment's own 0, hop, 2 hop, ... grid; where that would run past the clip's last frame
+    (a tail segment aligned to the clip's end), it takes the last `n_frames` frames instead. When s is a
+    multiple of hop_length the frames are exactly those a per-segment STFT would centre, with real audio
+    instead of padding at the segment's edges.
+    """
+    hop = config.hop_length
+    total = 1 + n_samples // hop
+    first = (np.asarray(starts, dtype=np.int64) + hop // 2) // hop
+    return np.minimum(first, total - config.n_frames)
+
+
+@dataclass
+class SegmentFeatures:
+    """One clip cut into segments: waveforms, their log-mels and where each segment starts."""
+
+    waves: np.ndarray  # int16 [n, segment_samples]
+    logmels: np.ndarray  # float32 [n, n_mels, n_frames]
+    starts: np.ndarray  # int64 [n]: start sample in the clip
+    first_frames: np.ndarray  # int64 [n]: first frame in the whole-clip log-mel
+    padded_to: int | None  # samples after zero-padding, None when nothing was padded
+
+
+def segment_features(samples: np.ndarray, config: FeatureConfig) -> SegmentFeatures:
+    """Cut a mono int16 clip into segments and give each its frames of the whole-clip log-mel.
+
+    Zero-padding (clips shorter than a segment; the "pad" tail policy) comes first, so the log-mel is
+    computed over the padded clip. The one place data_prep and `score` turn samples into features.
+    """
+    starts, padded = segment_starts(len(samples), config)
+    if padded:
+        needed = int(starts[-1]) + config.segment_samples
+        samples = np.concatenate([samples, np.zeros(needed - len(samples), dtype=samples.dtype)])
+    windows = np.lib.stride_tricks.sliding_window_view(samples, config.segment_samples)
+    waves = np.ascontiguousarray(windows[starts])
+    whole = clip_log_mel(samples, config)
+    frames = first_frames(starts, len(samples), config)
+    # [n_mels, total] -> [n, n_mels, n_frames] by strided views, one copy at the end
+    cut = np.lib.stride_tricks.sliding_window_view(whole, config.n_frames, axis=1)[:, frames]
+    logmels = np.ascontiguousarray(cut.transpose(1, 0, 2))
+    return SegmentFeatures(waves, logmels, starts, frames, len(samples) if padded else None)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,30 @@ class SkippedFile:
     reason: str
 
 
+def printable(text: str) -> str:
+    """A path as it can be printed and stored: bytes that are not UTF-8 shown as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unusable_path(path: Path) -> str | None:
+    """Why a listed file cannot be a clip (name not UTF-8, broken link, not a regular file), or None."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (shards store names as UTF-8); rename the file"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (points to {printable(os.readlink(path))}, which does not exist)"
+        return "vanished while the folder was read"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
 def scan_raw_root(
     raw_root: Path, machines: list[str] | None = None
 ) -> tuple[pd.DataFrame, list[SkippedFile]]:
@@ -147,6 +173,10 @@ def scan_raw_root(
                 continue
             for wav in sorted(split_dir.glob("*.wav")):
                 rel = wav.relative_to(raw_root).as_posix()
+                problem = unusable_path(wav)
+                if problem:
+                    skipped.append(SkippedFile(printable(rel), problem))
+                    continue
                 try:
                     name = parse_clip_name(wav.name)
                 except UnparseableName as err:

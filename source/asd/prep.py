@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -20,10 +21,11 @@ import torch
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from asd.audio import BadAudio, read_clip
-from asd.features import FeatureConfig, cut_segments, log_mel
-from asd.layout import SkippedFile, scan_raw_root
-from asd.shard import ShardWriter, StaleShard, read_shard_attrs
+from asd.audio import BadAudio, probe, read_clip
+from asd.errors import BadInput
+from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
+from asd.layout import SkippedFile, find_machine_dirs, scan_raw_root
+from asd.shard import ShardWriteFailed, ShardWriter, StaleShard, read_shard_attrs
 
 CLIPS_PER_TASK = 16  # one task = this many clips: amortises dispatch, bounds the memory in flight
 
@@ -49,6 +51,7 @@ class PrepSummary:
     shards_written: list[str] = field(default_factory=list)
     shards_skipped: list[str] = field(default_factory=list)
     files_skipped: list[SkippedFile] = field(default_factory=list)
+    shards_failed: list[SkippedFile] = field(default_factory=list)
     notes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -65,6 +68,9 @@ class PrepSummary:
         if self.files_skipped:
             out.append(f"  files skipped: {len(self.files_skipped)}")
             out += [f"    {f.path}: {f.reason}" for f in self.files_skipped]
+        if self.shards_failed:
+            out.append(f"  FAILED: {len(self.shards_failed)} shard(s) not written (the others are complete)")
+            out += [f"    {f.path}: {f.reason}" for f in self.shards_failed]
         return out
 
 
@@ -82,9 +88,42 @@ def source_digest(clips: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def process_clips(paths: list[str], config: FeatureConfig) -> list[tuple | str]:
+class Throttle:
+    """Backpressure between the workers and the single writer: task k starts only once the writer has
+    consumed task k - window. joblib dispatches a new task whenever one completes, not when its result
+    is consumed, so without this a writer a little slower than the workers lets finished results pile
+    up in memory, growing with the number of clips. Task k - window is always consumable before task k
+    runs (results are consumed in order), so this never deadlocks. In another process (a process
+    backend) it unpickles as a no-op: there the results are shipped as they complete anyway."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.consumed = 0
+        self._cond = threading.Condition()
+
+    def wait_turn(self, task: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.consumed >= task - self.window)
+
+    def consumed_one(self) -> None:
+        with self._cond:
+            self.consumed += 1
+            self._cond.notify_all()
+
+    def __reduce__(self):
+        return (_no_throttle, ())
+
+
+def _no_throttle() -> None:
+    return None
+
+
+def process_clips(paths: list[str], config: FeatureConfig, throttle: Throttle | None = None,
+                  task: int = 0) -> list[tuple | str]:
     """Worker task: decode and featurise clips. Per clip either
-    `(waveforms, logmels, starts, n_samples, original_rate, original_channels, notes)` or an error string."""
+    `(SegmentFeatures, n_samples, original_rate, original_channels, notes)` or an error string."""
+    if throttle is not None:
+        throttle.wait_turn(task)
     return [_process_clip(path, config) for path in paths]
 
 
@@ -93,12 +132,20 @@ def _process_clip(path: str, config: FeatureConfig) -> tuple | str:
         clip = read_clip(path, config)
     except BadAudio as err:
         return str(err)
-    waves, starts, padded = cut_segments(clip.samples, config)
+    feats = segment_features(clip.samples, config)
     notes = list(clip.notes)
-    if padded:
-        notes.append(f"padded {len(clip.samples)}->{int(starts[-1]) + config.segment_samples} samples")
-    return (waves, log_mel(waves, config), starts, len(clip.samples), clip.original_sample_rate,
-            clip.original_channels, notes)
+    if feats.padded_to is not None:
+        notes.append(f"padded {len(clip.samples)}->{feats.padded_to} samples")
+    return (feats, len(clip.samples), clip.original_sample_rate, clip.original_channels, notes)
+
+
+def expected_segments(path: str, config: FeatureConfig) -> int:
+    """Segments a clip will give, from its header alone (0 when the header is bad): sizes the shard."""
+    try:
+        head = probe(path)
+    except BadAudio:
+        return 0
+    return len(segment_starts(head.output_samples(config), config)[0])
 
 
 def _shard_plan(manifest: pd.DataFrame, cfg: PrepConfig) -> Iterator[tuple[Path, pd.DataFrame, str]]:
@@ -113,6 +160,12 @@ def check_cache(path: Path, features: FeatureConfig, digest: str) -> str:
     attrs = read_shard_attrs(path)
     if attrs is None:
         return "build"
+    if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+        raise StaleShard(
+            f"{path} was written by another version of data_prep (shard schema {attrs.get('schema_version')}, "
+            f"this version writes {SCHEMA_VERSION}: log-mels are cut from the whole clip). Rebuild it with "
+            "--force, or write the new cache elsewhere with --out-dir."
+        )
     if attrs.get("fingerprint") != features.fingerprint():
         theirs = json.loads(attrs.get("feature_config", "{}"))
         diff = ", ".join(f"{k}: {a} -> {b}" for k, a, b in
@@ -124,74 +177,163 @@ def check_cache(path: Path, features: FeatureConfig, digest: str) -> str:
     return "skip" if attrs.get("source_digest") == digest else "build"
 
 
-def _remove_stale_partials(path: Path) -> None:
-    """Temporary files of this shard left by a killed run (their writer process is gone)."""
-    for partial in path.parent.glob(f".{path.name}.*.partial"):
+def remove_stale_partials(folder: Path, pattern: str = ".*.partial") -> list[Path]:
+    """Temporary files left in `folder` by killed runs (their writer process is gone): deleted.
+    Temporary names end in `.<pid>.partial`; a live pid's file belongs to a run still going."""
+    removed = []
+    for partial in Path(folder).glob(pattern):
         pid_text = partial.name.rsplit(".", 2)[-2]
         try:
             os.kill(int(pid_text), 0)  # no error: the writer still runs (PermissionError: another user's)
         except (ProcessLookupError, ValueError):
             partial.unlink(missing_ok=True)
+            removed.append(partial)
         except PermissionError:
             pass
+    return removed
+
+
+CLIP_FIELDS = ("rel_path", "file_name", "machine", "section", "domain", "split", "label", "attributes")
+
+
+class _ShardJob:
+    """One shard being written from the results of its tasks."""
+
+    def __init__(self, path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig) -> None:
+        self.path, self.clips, self.digest = path, clips, digest
+        self.offset = 0
+        self.expected = sum(expected_segments(p, cfg.features) for p in clips["path"])
+        first = clips.iloc[0]
+        self.meta = {"dataset": first["dataset"], "machine": first["machine"], "split": first["split_folder"],
+                     "source_root": str(Path(cfg.raw_dir).resolve()), "source_digest": digest}
+        self.writer: ShardWriter | None = None
+        self.failed: str | None = None
+
+    def add(self, results: list, cfg: PrepConfig, summary: PrepSummary) -> None:
+        rows = self.clips.iloc[self.offset:self.offset + len(results)].to_dict("records")
+        self.offset += len(results)
+        if self.failed:
+            return
+        batch_rows, batch_feats = [], []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, str):
+                summary.files_skipped.append(SkippedFile(row["rel_path"], result))
+                continue
+            feats, n_samples, rate, channels, notes = result
+            for note in notes:
+                kind = note.split(" ")[0] if " " in note else note
+                summary.notes[kind] = summary.notes.get(kind, 0) + 1
+            batch_rows.append({k: row[k] for k in CLIP_FIELDS}
+                              | {"n_samples": n_samples, "original_sample_rate": rate,
+                                 "original_channels": channels, "notes": "; ".join(notes)})
+            batch_feats.append(feats)
+        if not batch_rows:
+            return
+        try:
+            if self.writer is None:
+                self.writer = ShardWriter(self.path, cfg.features, self.meta, expected_segments=self.expected,
+                                          expected_clips=len(self.clips))
+            self.writer.add_clips(batch_rows, batch_feats)
+        except ShardWriteFailed as err:
+            self.fail(err.reason)
+
+    def fail(self, reason: str) -> None:
+        self.failed = reason
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+    def finish(self, summary: PrepSummary) -> None:
+        """Commit (verified), or record why not."""
+        if self.failed is None and self.writer is None:
+            self.path.unlink(missing_ok=True)  # an older shard no longer matches the files
+            summary.files_skipped.append(SkippedFile(str(self.path), "no usable clip: shard not written"))
+            return
+        if self.failed is None:
+            try:
+                self.writer.commit()
+            except ShardWriteFailed as err:
+                self.fail(err.reason)
+        if self.failed is not None:
+            summary.shards_failed.append(SkippedFile(str(self.path), self.failed))
+            return
+        summary.clips += self.writer.n_clips
+        summary.segments += self.writer.n_segments
+        summary.shards_written.append(str(self.path))
+        self.writer = None  # its staging buffers (~16 MB) go now, not at the end of the run
+
+
+def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, parallel: Parallel,
+                  progress: tqdm) -> None:
+    """One stream of tasks over every shard, so the workers never wait at a shard boundary; the calling
+    thread is the only writer, and commits (with its read-back check) while the workers go on."""
+    tasks = [(k, job.clips["path"].iloc[i:i + CLIPS_PER_TASK].tolist())
+             for k, job in enumerate(jobs) for i in range(0, len(job.clips), CLIPS_PER_TASK)]
+    owners = [k for k, _ in tasks]
+    throttle = Throttle(window=4 * max(1, abs(cfg.jobs) if cfg.jobs > 0 else (os.cpu_count() or 1)))
+    current = 0
+    try:
+        for owner, results in zip(owners, parallel(delayed(process_clips)(paths, cfg.features, throttle, i)
+                                                   for i, (_, paths) in enumerate(tasks)), strict=True):
+            while current < owner:
+                jobs[current].finish(summary)
+                current += 1
+            jobs[owner].add(results, cfg, summary)
+            throttle.consumed_one()
+            progress.update(len(results))
+        while current < len(jobs):
+            jobs[current].finish(summary)
+            current += 1
+    finally:
+        for job in jobs[current:]:  # interrupted (an exception or Ctrl-C): nothing half-written stays
+            job.fail("interrupted")
 
 
 def build_shard(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig, summary: PrepSummary,
                 parallel: Parallel, progress: tqdm) -> None:
-    """Write one shard from its clips; bad files are recorded in `summary` and left out."""
-    _remove_stale_partials(path)
-    first = clips.iloc[0]
-    meta = {"dataset": first["dataset"], "machine": first["machine"], "split": first["split_folder"],
-            "source_root": str(Path(cfg.raw_dir).resolve()), "source_digest": digest}
-    paths = clips["path"].tolist()
-    tasks = (delayed(process_clips)(paths[i:i + CLIPS_PER_TASK], cfg.features)
-             for i in range(0, len(paths), CLIPS_PER_TASK))
-    rows = clips.to_dict("records")
-    with ShardWriter(path, cfg.features, meta) as writer:
-        offset = 0
-        for results in parallel(tasks):
-            batch_rows, batch_segments = [], []
-            for row, result in zip(rows[offset:offset + len(results)], results, strict=True):
-                if isinstance(result, str):
-                    summary.files_skipped.append(SkippedFile(row["rel_path"], result))
-                    continue
-                waves, mels, starts, n_samples, rate, channels, notes = result
-                for note in notes:
-                    kind = note.split(" ")[0] if " " in note else note
-                    summary.notes[kind] = summary.notes.get(kind, 0) + 1
-                batch_rows.append({k: row[k] for k in ("rel_path", "file_name", "machine", "section",
-                                                       "domain", "split", "label", "attributes")}
-                                  | {"n_samples": n_samples, "original_sample_rate": rate,
-                                     "original_channels": channels, "notes": "; ".join(notes)})
-                batch_segments.append((waves, mels, starts))
-                summary.segments += len(waves)
-            writer.add_clips(batch_rows, batch_segments)
-            summary.clips += len(batch_rows)
-            offset += len(results)
-            progress.update(len(results))
-        if writer.n_clips == 0:
-            writer.abort()
-            path.unlink(missing_ok=True)  # an older shard no longer matches the files
-            summary.files_skipped.append(SkippedFile(str(path), "no usable clip: shard not written"))
-            return
-        writer.commit()
-    summary.shards_written.append(str(path))
+    """Write one shard from its clips (the unit of work of a distributed run): leftovers of killed runs
+    removed, bad files recorded in `summary`, a failed write recorded in `summary.shards_failed`."""
+    remove_stale_partials(path.parent, f".{path.name}.*.partial")
+    _write_shards([_ShardJob(path, clips, digest, cfg)], cfg, summary, parallel, progress)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The output folder can be created and written, or a `BadInput` naming it and why."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out-dir {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"--out-dir {out_dir} cannot be created ({err.strerror or err})") from err
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise BadInput(f"--out-dir {out_dir} is not writable")
 
 
 def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
     """Build (or reuse) every shard for the clips under `cfg.raw_dir`. See the module docstring."""
     start = time.perf_counter()
+    if not Path(cfg.raw_dir).is_dir():
+        raise BadInput(f"--raw-dir {cfg.raw_dir} is not a folder")
+    if cfg.machines:
+        found = sorted({d.name for d in find_machine_dirs(Path(cfg.raw_dir).resolve())})
+        unknown = [m for m in cfg.machines if m not in found]
+        if unknown:
+            raise BadInput(f"--machines: no machine type named {', '.join(map(repr, unknown))} under "
+                           f"{cfg.raw_dir} (found: {', '.join(found) or 'none'})")
     manifest, skipped_names = scan_raw_root(Path(cfg.raw_dir), list(cfg.machines) or None)
     if manifest.empty:
-        raise FileNotFoundError(
+        raise BadInput(
             f"no DCASE-style clips under {cfg.raw_dir!r} (expected <dataset>/<machine>/train/*.wav). "
             "Make a synthetic dataset with `python source/main.py synth`, or point --raw-dir at your data."
         )
+    check_out_dir(Path(cfg.out_dir))
     summary = PrepSummary(files_skipped=list(skipped_names))
     plan = list(_shard_plan(manifest, cfg))
     # Decide for every shard before writing anything, so a settings clash stops the run up front.
     todo = []
     for path, clips, digest in plan:
+        remove_stale_partials(path.parent, f".{path.name}.*.partial")  # killed runs, --force or not
         action = "build" if cfg.force else check_cache(path, cfg.features, digest)
         if action == "skip":
             summary.shards_skipped.append(str(path))
@@ -205,10 +347,9 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the parallelism is across clips; one torch thread each avoids oversubscription
     try:
+        jobs = [_ShardJob(path, clips, digest, cfg) for path, clips, digest in todo]
         with tqdm(total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:
-            for path, clips, digest in todo:
-                bar.set_postfix_str(f"{path.parent.name}/{path.name}")
-                build_shard(path, clips, digest, cfg, summary, parallel, bar)
+            _write_shards(jobs, cfg, summary, parallel, bar)
     finally:
         torch.set_num_threads(threads)
     summary.seconds = time.perf_counter() - start
@@ -217,10 +358,14 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
 
 
 def _write_summary(cfg: PrepConfig, summary: PrepSummary) -> None:
+    """data_prep_summary.json, through a temporary name of this process's own (concurrent runs)."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out, ".data_prep_summary.json.*.partial")
     record = {"config": asdict(cfg), **asdict(summary)}
-    tmp = out / ".data_prep_summary.json.partial"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, out / "data_prep_summary.json")
-
+    tmp = out / f".data_prep_summary.json.{os.getpid()}.partial"
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, out / "data_prep_summary.json")
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        summary.shards_failed.append(SkippedFile(str(out / "data_prep_summary.json"), f"not written: {err}"))

@@ -14,7 +14,7 @@ import pandas as pd
 from asd.audio import BadAudio, read_clip
 from asd.detector import load_detector
 from asd.errors import BadInput, MissingModel
-from asd.features import FeatureConfig, cut_segments, log_mel
+from asd.features import FeatureConfig, segment_features
 from asd.layout import UnparseableName, parse_clip_name
 from asd.pipeline import ALL_SECTIONS, threshold_for
 from asd.shard import Shard, ShardWriter
@@ -63,13 +63,13 @@ def score_paths(run_dir: Path, machine: str, paths: list[Path], dataset: str | N
                 section = parse_clip_name(path.name).section
             except UnparseableName:
                 section = ALL_SECTIONS
-            waves, starts, _ = cut_segments(clip.samples, config)
+            feats = segment_features(clip.samples, config)  # exactly data_prep's features
             writer.add_clips([{"rel_path": str(path), "file_name": path.name, "machine": machine,
                                "section": section, "domain": "unknown", "split": "score",
                                "label": "unknown", "attributes": "", "n_samples": len(clip.samples),
                                "original_sample_rate": clip.original_sample_rate,
                                "original_channels": clip.original_channels, "notes": "; ".join(clip.notes)}],
-                             [(waves, log_mel(waves, config), starts)])
+                             [feats])
         if writer.n_clips == 0:
             writer.abort()
             raise BadInput("no usable wav file among the given paths"
