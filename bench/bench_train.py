@@ -2,7 +2,8 @@
 next to fixed-epoch training (the DCASE baseline's 100 epochs), measured in the same run.
 
     python bench/bench_train.py [--machine fan] [--scale 1.0] [--synth-seeds 1] [--real-seeds 3]
-                                [--real ../shared/real] [--fixed-epochs 100] [--threads 0] [--keep DIR]
+                                [--real ../shared/real] [--fixed-epochs 100] [--synth-fixed-epochs N]
+                                [--threads 0] [--keep DIR]
 
 Datasets: one synthetic machine type at DCASE size (--scale 1.0: 1000 training clips, 200 test clips of
 10 s) and, when the folder exists, the real bearing set `../shared/real/dcase2023t2-bearing-mini`
@@ -130,8 +131,8 @@ def summarise(rows: list[dict]):
     for (dataset, model), part in table.groupby(["dataset", "model"], sort=False):
         early = part[part["schedule"] == "early"]
         fixed = part[part["schedule"] != "early"]
-        record = {"dataset": dataset, "model": model, "seeds": len(early)}
-        for name, group in (("early", early), (fixed["schedule"].iloc[0], fixed)):
+        record = {"dataset": dataset, "model": model, "seeds": len(early), "reference": fixed["schedule"].iloc[0]}
+        for name, group in (("early", early), ("fixed", fixed)):
             score = group["official"]
             record[f"official {name}"] = f"{score.mean():.3f} ± {score.std(ddof=1) if len(score) > 1 else 0:.3f}"
             record[f"train+test s {name}"] = round(group["train+test s"].mean(), 1)
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--real-seeds", type=int, default=3)
     parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "real")
     parser.add_argument("--fixed-epochs", type=int, default=100)
+    parser.add_argument("--synth-fixed-epochs", type=int, default=None, help="default: --fixed-epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every available core)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
@@ -192,7 +194,7 @@ def main() -> None:
             print(f"synth: {time.perf_counter() - start:.1f} s", flush=True)
         prepare(raw, work / "processed", args.jobs)
         rows += measure(f"synth {args.machine} x{args.scale:g}", work / "processed" / "synth", args.machine,
-                        args.synth_seeds, args.fixed_epochs, args.threads, work)
+                        args.synth_seeds, args.synth_fixed_epochs or args.fixed_epochs, args.threads, work)
     if rows:
         print("\n" + summarise(rows).to_string(index=False))
     print(f"\nwork folder: {work}")

@@ -136,3 +136,20 @@ def test_train_config_refuses_bad_values() -> None:
     assert TrainConfig(epochs=7).epoch_plan(100) == (7, True)
     assert TrainConfig(max_epochs=30).epoch_plan(100) == (30, False)
     assert TrainConfig().epoch_plan(100) == (100, False)
+
+
+def test_adam_matches_torch() -> None:
+    from asd.models.training import Adam
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    opt_ours, opt_theirs = Adam(ours.parameters(), lr=1e-2), torch.optim.Adam(theirs.parameters(), lr=1e-2)
+    for _ in range(20):
+        x = torch.randn(8, 5)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

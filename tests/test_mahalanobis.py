@@ -105,3 +105,15 @@ def test_float32_cholesky_equals_float64_at_dcase_size() -> None:
 def test_unfitted_raises() -> None:
     with pytest.raises(RuntimeError):
         MahalanobisScorer().score(np.zeros((1, 2)))
+
+
+def test_streamed_ledoit_wolf_equals_scikit_learn() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    x, dom = _data()
+    scorer = MahalanobisScorer(chunk_size=37, ridge=0.0).fit(x, dom)  # streamed in chunks of 37 rows
+    for i, name in enumerate(["source", "target"]):
+        reference = LedoitWolf().fit(x[dom == name])
+        np.testing.assert_allclose(scorer.means_[i], reference.location_, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(scorer.shrinkages_[i], reference.shrinkage_, rtol=1e-8)
+        np.testing.assert_allclose(scorer.covariances_[i], reference.covariance_, rtol=1e-8, atol=1e-10)

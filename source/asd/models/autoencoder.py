@@ -25,12 +25,13 @@ from torch import nn
 from asd.data import iterate_in_order, load_frames, rows_nbytes, segment_rows_of, stream_segments
 from asd.detector import Detector, TrainConfig
 from asd.models.autoencoder_net import DcaseAutoencoder, frames_to_vectors, per_dim_error, strided_vectors
-from asd.models.mahalanobis import MahalanobisScorer
-from asd.models.training import EarlyStopping, set_threads
+from asd.models.mahalanobis import DomainMoments, MahalanobisScorer
+from asd.models.training import Adam, EarlyStopping, set_threads
 from asd.shard import Shard
 
 SCORE_MODES = ("mse", "mahalanobis")
 SELECTIVE_RULES = ("clip", "vector")
+SCORE_BATCH_SEGMENTS = 128  # segments scored at once: 3,584 vectors, ~10 MB per [vectors, 640] tensor
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class AutoencoderDetector(Detector):
         cfg = self.config
         threads = set_threads(train.threads)
         network = self._build(shard.feature_config.n_mels).to(device)
-        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate)
+        optimizer = Adam(network.parameters(), lr=cfg.learning_rate)
         rng = np.random.default_rng(train.seed)
         generator = torch.Generator().manual_seed(train.seed)
         train_rows = segment_rows_of(shard, train_clips)
@@ -126,14 +127,14 @@ class AutoencoderDetector(Detector):
         self.network_ = network.cpu().eval()
         self.mahalanobis_ = self._fit_mahalanobis(shard, train_rows, rng)
 
-    def _train_step(self, network: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
+    def _train_step(self, network: nn.Module, optimizer: Adam, batch: torch.Tensor) -> float:
         loss = nn.functional.mse_loss(network(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.item()
 
-    def _epoch_in_memory(self, network: nn.Module, optimizer: torch.optim.Optimizer, frames: torch.Tensor,
+    def _epoch_in_memory(self, network: nn.Module, optimizer: Adam, frames: torch.Tensor,
                          generator: torch.Generator, device: torch.device) -> tuple[float, int]:
         """One pass over every vector in a fresh random order; batches gathered from a strided view."""
         view = strided_vectors(frames, self.config.context)  # [n_segments, n_windows, dim], no copy
@@ -149,7 +150,7 @@ class AutoencoderDetector(Detector):
             count += len(batch)
         return total, count
 
-    def _epoch_streamed(self, network: nn.Module, optimizer: torch.optim.Optimizer, shard: Shard,
+    def _epoch_streamed(self, network: nn.Module, optimizer: Adam, shard: Shard,
                         rows: np.ndarray, rng: np.random.Generator, generator: torch.Generator,
                         device: torch.device) -> tuple[float, int]:
         """One pass in block-shuffled draws from the shard (bounded memory for any shard size)."""
@@ -166,7 +167,8 @@ class AutoencoderDetector(Detector):
         return total, count
 
     @torch.no_grad()
-    def _frames_loss(self, network: nn.Module, frames: torch.Tensor, batch_segments: int = 512) -> float:
+    def _frames_loss(self, network: nn.Module, frames: torch.Tensor,
+                     batch_segments: int = SCORE_BATCH_SEGMENTS) -> float:
         """Mean squared reconstruction error over every vector of in-memory frames (eval mode)."""
         network.eval()
         total, count = 0.0, 0
@@ -183,7 +185,7 @@ class AutoencoderDetector(Detector):
         """Mean squared reconstruction error per segment."""
         network.eval()
         out = []
-        for mels, _ in iterate_in_order(shard, rows):
+        for mels, _ in iterate_in_order(shard, rows, SCORE_BATCH_SEGMENTS):
             vectors = self._vectors(mels, device)
             error = ((network(vectors) - vectors) ** 2).mean(dim=1)
             out.append(error.view(len(mels), -1).mean(dim=1).cpu().numpy())
@@ -200,12 +202,14 @@ class AutoencoderDetector(Detector):
         for domain in np.unique(domain_of_clip[clip_of_row[rows]]):
             in_domain = rows[domain_of_clip[clip_of_row[rows]] == domain]
             chosen.append(np.sort(rng.choice(in_domain, size=min(cap, len(in_domain)), replace=False)))
-        errors, domains = [], []
-        for mels, seg_rows in iterate_in_order(shard, np.sort(np.concatenate(chosen))):
-            vectors = self._vectors(mels, torch.device("cpu"))
-            errors.append(per_dim_error(vectors, self.network_(vectors)).numpy())
-            domains.append(np.repeat(domain_of_clip[clip_of_row[seg_rows]], n_vectors_per_segment))
-        return MahalanobisScorer().fit(np.concatenate(errors), np.concatenate(domains))
+        chosen = np.sort(np.concatenate(chosen))
+        moments = DomainMoments()  # two streamed passes: memory does not grow with the number of vectors
+        for second_pass in (False, True):
+            for mels, seg_rows in iterate_in_order(shard, chosen, SCORE_BATCH_SEGMENTS):
+                vectors = self._vectors(mels, torch.device("cpu"))
+                domains = np.repeat(domain_of_clip[clip_of_row[seg_rows]], n_vectors_per_segment)
+                moments.add(per_dim_error(vectors, self.network_(vectors)), domains, second_pass)
+        return MahalanobisScorer().fit_moments(moments)
 
     @torch.no_grad()
     def _score_rows(self, shard: Shard, rows: np.ndarray, device: torch.device) -> np.ndarray:
@@ -213,7 +217,7 @@ class AutoencoderDetector(Detector):
         Mahalanobis distance per segment under each of the k domains (the clip rule)."""
         network = self.network_.to(device).eval()
         out = []
-        for mels, _ in iterate_in_order(shard, rows):
+        for mels, _ in iterate_in_order(shard, rows, SCORE_BATCH_SEGMENTS):
             vectors = self._vectors(mels, device)
             n = len(mels)
             if self.config.score == "mse":

@@ -5,10 +5,11 @@ A mean and a covariance of the error vectors of *normal* training data are fitte
 selective score is the minimum over domains: a target-domain normal sound is close to the target model
 even when it is far from the source one, so one threshold can serve both domains.
 
-Regularisation: each covariance is estimated with scikit-learn's :class:`~sklearn.covariance.LedoitWolf`
-shrinkage (towards a scaled identity), so a domain with only a handful of vectors (the 10-clip target
-domain) still gives a well-conditioned, invertible matrix. A small ridge ``ridge * mean(diag)`` (plus an
-absolute floor) is added on top to survive degenerate data such as constant dimensions.
+Regularisation: each covariance is estimated with Ledoit-Wolf shrinkage (scikit-learn's
+:class:`~sklearn.covariance.LedoitWolf` estimate, computed here from streamed sums so that memory does not
+grow with the number of vectors), towards a scaled identity, so a domain with only a handful of vectors
+(the 10-clip target domain) still gives a well-conditioned, invertible matrix. A small ridge
+``ridge * mean(diag)`` (plus an absolute floor) is added on top to survive degenerate data such as constant dimensions.
 
 Scoring speed: fitting is done in float64; scoring by default in float32 through the Cholesky factor
 ``L`` of each covariance (``d = ||L^-1 (x - mean)||``, one triangular solve per batch of vectors and
@@ -51,30 +52,34 @@ class MahalanobisScorer:
             domains: ``[N]`` domain name per row (e.g. ``"source"``/``"target"``); ``None`` means all
                 ``"source"``. Domains with fewer than ``min_samples`` rows are skipped (ignored, not fatal).
         """
-        from sklearn.covariance import LedoitWolf  # only the fit needs scikit-learn
-
-        x = np.asarray(errors, dtype=np.float64)
+        x = np.asarray(errors)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"errors must be a non-empty [N, D] array, got shape {x.shape}")
         dom = np.full(x.shape[0], "source") if domains is None else np.asarray(domains).astype(str)
         if dom.shape != (x.shape[0],):
             raise ValueError(f"domains must have shape ({x.shape[0]},), got {dom.shape}")
+        moments = DomainMoments()
+        for second_pass in (False, True):
+            for start in range(0, x.shape[0], self.chunk_size):
+                moments.add(x[start:start + self.chunk_size], dom[start:start + self.chunk_size], second_pass)
+        return self.fit_moments(moments)
+
+    def fit_moments(self, moments: DomainMoments) -> MahalanobisScorer:
+        """Fit from streamed statistics (both passes of :class:`DomainMoments` done)."""
         names, means, covs, precs, shrinks = [], [], [], [], []
-        for name in sorted(set(dom.tolist())):
-            xd = x[dom == name]
-            if xd.shape[0] < self.min_samples:
+        for name in sorted(moments.count):
+            if moments.count[name] < self.min_samples:
                 continue
-            lw = LedoitWolf().fit(xd)
-            cov = lw.covariance_
+            cov, shrinkage = moments.ledoit_wolf(name)
             # Ridge relative to the average variance, with an absolute floor for all-constant data.
             cov = cov + (self.ridge * max(float(np.trace(cov)) / cov.shape[0], 1e-12) + 1e-12) * np.eye(
                 cov.shape[0]
             )
             names.append(name)
-            means.append(lw.location_)
+            means.append(moments.mean(name))
             covs.append(cov)
             precs.append(np.linalg.inv(cov))
-            shrinks.append(lw.shrinkage_)
+            shrinks.append(shrinkage)
         if not names:
             raise ValueError(f"no domain has at least min_samples={self.min_samples} rows")
         self.domains_ = np.asarray(names)
@@ -158,3 +163,55 @@ class MahalanobisScorer:
         obj.shrinkages_ = np.asarray(state.get("shrinkages", np.zeros(len(obj.domains_))))
         obj._prepare()
         return obj
+
+
+class DomainMoments:
+    """Per-domain statistics of error vectors streamed in two passes, for a Ledoit-Wolf covariance with
+    memory independent of the number of vectors: the first pass sums the vectors (means), the second sums
+    the centred outer products and the fourth powers of the centred norms.
+
+    The shrinkage is scikit-learn's :func:`~sklearn.covariance.ledoit_wolf` estimate (Ledoit & Wolf 2004,
+    towards ``mu * I`` with ``mu`` the mean variance), computed from these sums instead of the data matrix.
+    """
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self._sum: dict[str, np.ndarray] = {}
+        self._scatter: dict[str, np.ndarray] = {}
+        self._fourth: dict[str, float] = {}
+
+    def add(self, errors: np.ndarray | torch.Tensor, domains: np.ndarray, second_pass: bool) -> None:
+        """Add a batch of ``[n, D]`` error vectors with their ``[n]`` domain names to the given pass.
+        The second pass must see the same vectors as the first."""
+        x = torch.as_tensor(errors).detach().cpu().numpy()
+        domains = np.asarray(domains).astype(str)
+        for name in np.unique(domains):
+            part = x[domains == name].astype(np.float64)
+            if not second_pass:
+                self.count[name] = self.count.get(name, 0) + len(part)
+                self._sum[name] = self._sum.get(name, 0.0) + part.sum(axis=0)
+                continue
+            centred = part - self.mean(name)
+            self._scatter[name] = self._scatter.get(name, 0.0) + centred.T @ centred
+            self._fourth[name] = self._fourth.get(name, 0.0) + float(np.sum(np.sum(centred**2, axis=1) ** 2))
+
+    def mean(self, name: str) -> np.ndarray:
+        return self._sum[name] / self.count[name]
+
+    def ledoit_wolf(self, name: str) -> tuple[np.ndarray, float]:
+        """(shrunk covariance, shrinkage) of one domain."""
+        n = self.count[name]
+        emp_cov = self._scatter[name] / n
+        n_features = emp_cov.shape[0]
+        trace = float(np.trace(emp_cov))
+        mu = trace / n_features
+        if n_features == 1:
+            return emp_cov, 0.0
+        delta_ = float(np.sum(emp_cov**2))  # squared Frobenius norm of the empirical covariance
+        beta = (self._fourth[name] / n - delta_) / (n_features * n)
+        delta = (delta_ - 2.0 * mu * trace + n_features * mu**2) / n_features
+        beta = min(beta, delta)
+        shrinkage = 0.0 if beta == 0 else beta / delta
+        shrunk = (1.0 - shrinkage) * emp_cov
+        shrunk.flat[:: n_features + 1] += shrinkage * mu
+        return shrunk, shrinkage

@@ -78,3 +78,38 @@ class EarlyStopping:
                                                                            and not self.fixed),
                 "fixed_epochs": bool(self.fixed), "patience": int(self.patience),
                 "min_delta": float(self.min_delta)}
+
+
+class Adam:
+    """Adam (Kingma & Ba), the update of `torch.optim.Adam` with its defaults (no weight decay, no amsgrad).
+
+    Why not `torch.optim.Adam`: its first step imports `torch._dynamo` (and sympy), ~110 MiB of resident
+    memory a CPU training run never uses, against a 1 GB budget per stage. Same arithmetic, checked
+    against torch's in the tests.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.step_count = 0
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        bias_correction1 = 1 - beta1**self.step_count
+        bias_correction2_sqrt = math.sqrt(1 - beta2**self.step_count)
+        for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            if p.grad is None:
+                continue
+            exp_avg.lerp_(p.grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-self.lr / bias_correction1)
