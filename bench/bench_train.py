@@ -1,29 +1,35 @@
-"""Benchmark: train and test one model on a full-scale synthetic machine type.
+"""Benchmark: the autoencoders' train + test time, epochs chosen by early stopping, peak memory and quality,
+next to fixed-epoch training (the DCASE baseline's 100 epochs), measured in the same run.
 
-    python bench/bench_train.py [--model ae] [--machine fan] [--epochs 5] [--scale 1.0] [--keep DIR]
+    python bench/bench_train.py [--machine fan] [--scale 1.0] [--synth-seeds 1] [--real-seeds 3]
+                                [--real ../shared/real] [--fixed-epochs 100] [--synth-fixed-epochs N]
+                                [--threads 0] [--keep DIR]
 
-Generates the machine type (DCASE size at --scale 1.0: 1000 training clips, 200 test clips of 10 s),
-runs data_prep, then trains and tests through the same functions `python source/main.py` uses, and prints
-training seconds per epoch, scoring clips/s, peak memory and the quality figures. Every stage is timed
-in this one run, so the figures compare with each other; compare across machines only as ratios.
+Datasets: one synthetic machine type at DCASE size (--scale 1.0: 1000 training clips, 200 test clips of
+10 s) and, when the folder exists, the real bearing set `../shared/real/dcase2023t2-bearing-mini`
+(34 training clips, 166 test clips). For every dataset and seed the AE is trained twice, with early
+stopping (the default: no --epochs) and with exactly --fixed-epochs, through the functions that
+`python source/main.py` uses. `ae` is scored by MSE; `ae-maha` is the same network with selective
+Mahalanobis thresholds refitted (its training time = the AE's + that refit: the network training is the
+same code with the same seed). Every stage runs in its own process, so "peak MiB" is that stage's own
+peak resident memory (Python, torch and the data). Ratios early/fixed come from this one run; compare
+absolute seconds across machines only as ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "source"))
-
-from asd.detector import TrainConfig  # noqa: E402
-from asd.metrics import dataset_score, metrics_table  # noqa: E402
-from asd.pipeline import discover, test_machine, train_machine  # noqa: E402
-from asd.prep import PrepConfig, run_prep  # noqa: E402
-from asd.synth import generate_dataset  # noqa: E402
+SOURCE = Path(__file__).resolve().parents[1] / "source"
+sys.path.insert(0, str(SOURCE))
+REAL_NAME = "dcase2023t2-bearing-mini"
 
 
 def peak_rss_mib() -> float:
@@ -31,49 +37,167 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# --- one stage in its own process ---------------------------------------------------------------------
+def worker(args: argparse.Namespace) -> None:
+    """Run one stage and print one JSON line: seconds, peak memory and what the stage measured."""
+    from asd.pipeline import discover, machine_dir
+
+    (item,) = discover(Path(args.processed), [args.machine])
+    run_dir = Path(args.run)
+    train = _train_config(args.epochs, args.seed, args.threads)
+    result: dict = {}
+    start = time.perf_counter()
+    if args.worker == "train":
+        from asd.detector import load_detector
+        from asd.pipeline import train_machine
+
+        train_machine(item, run_dir / "ae", "ae", train)
+        result.update(load_detector(machine_dir(run_dir / "ae", item) / "model.pt").stopping_)
+    elif args.worker == "maha":
+        from asd.data import split_train_validation
+        from asd.detector import load_detector
+        from asd.pipeline import fit_thresholds
+        from asd.shard import Shard
+
+        detector = load_detector(machine_dir(run_dir / "ae", item) / "model.pt").with_score("mahalanobis")
+        shard = Shard(item.train)
+        normal = shard.clips[shard.clips["label"] != "anomaly"]
+        train_clips, val_clips = split_train_validation(normal, train.val_fraction, train.seed)
+        fit_thresholds(detector, shard, val_clips, train_clips, train)
+        detector.save(machine_dir(run_dir / "ae-maha", item) / "model.pt")
+    else:  # test-ae / test-ae-maha
+        from asd.metrics import dataset_score, metrics_table
+        from asd.pipeline import test_machine
+
+        predictions, rules = test_machine(item, run_dir / args.worker.removeprefix("test-"), train)
+        row = metrics_table(predictions, rules).iloc[0]
+        result.update({"official": float(dataset_score(predictions, rules)["official score"]),
+                       "auc_source": float(row["AUC (source)"]), "auc_target": float(row["AUC (target)"]),
+                       "pauc": float(row["pAUC"]), "clips": len(predictions)})
+    result.update({"seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()})
+    print("BENCH " + json.dumps(result), flush=True)
+
+
+def _train_config(epochs: int | None, seed: int, threads: int):
+    from asd.detector import TrainConfig
+
+    return TrainConfig(epochs=epochs, seed=seed, device="cpu", threads=threads)
+
+
+def run_stage(stage: str, processed: Path, machine: str, run_dir: Path, seed: int, epochs: int | None,
+              threads: int) -> dict:
+    command = [sys.executable, __file__, "--worker", stage, "--processed", str(processed), "--machine", machine,
+               "--run", str(run_dir), "--seed", str(seed), "--threads", str(threads)]
+    if epochs is not None:
+        command += ["--epochs", str(epochs)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"stage {stage} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("BENCH "))
+
+
+# --- the comparison ----------------------------------------------------------------------------------------
+def measure(dataset: str, processed: Path, machine: str, seeds: int, fixed_epochs: int, threads: int,
+            work: Path) -> list[dict]:
+    rows = []
+    for seed in range(seeds):
+        for schedule, epochs in (("early", None), (f"fixed-{fixed_epochs}", fixed_epochs)):
+            run_dir = work / f"run-{dataset}-{schedule}-seed{seed}"
+            trained = run_stage("train", processed, machine, run_dir, seed, epochs, threads)
+            maha = run_stage("maha", processed, machine, run_dir, seed, epochs, threads)
+            for model, extra in (("ae", 0.0), ("ae-maha", maha["seconds"])):
+                tested = run_stage(f"test-{model}", processed, machine, run_dir, seed, epochs, threads)
+                rows.append({
+                    "dataset": dataset, "seed": seed, "schedule": schedule, "model": model,
+                    "epochs run": trained["epochs_run"], "epoch kept": trained["chosen_epoch"],
+                    "train s": trained["seconds"] + extra, "test s": tested["seconds"],
+                    "train+test s": trained["seconds"] + extra + tested["seconds"],
+                    "peak MiB train": max(trained["peak_mib"], maha["peak_mib"] if extra else 0.0),
+                    "peak MiB test": tested["peak_mib"], "AUC (source)": tested["auc_source"],
+                    "AUC (target)": tested["auc_target"], "pAUC": tested["pauc"], "official": tested["official"],
+                })
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}),
+                      flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]):
+    """Per dataset and model: early stopping next to fixed epochs (mean ± sd over seeds) and ratios."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    out = []
+    for (dataset, model), part in table.groupby(["dataset", "model"], sort=False):
+        early = part[part["schedule"] == "early"]
+        fixed = part[part["schedule"] != "early"]
+        record = {"dataset": dataset, "model": model, "seeds": len(early), "reference": fixed["schedule"].iloc[0]}
+        for name, group in (("early", early), ("fixed", fixed)):
+            score = group["official"]
+            record[f"official {name}"] = f"{score.mean():.3f} ± {score.std(ddof=1) if len(score) > 1 else 0:.3f}"
+            record[f"train+test s {name}"] = round(group["train+test s"].mean(), 1)
+        record["epochs (early)"] = " ".join(f"{r}/{k}" for r, k in zip(early["epochs run"], early["epoch kept"],
+                                                                       strict=True))
+        record["time ratio early/fixed"] = round(early["train+test s"].mean() / fixed["train+test s"].mean(), 3)
+        record["official diff early-fixed"] = round(early["official"].mean() - fixed["official"].mean(), 4)
+        record["peak MiB train/test"] = (f"{part['peak MiB train'].max():.0f}/{part['peak MiB test'].max():.0f}")
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def prepare(raw: Path, processed: Path, jobs: int) -> None:
+    from asd.prep import PrepConfig, run_prep
+
+    summary = run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(processed), jobs=jobs), show_progress=False)
+    print(f"data_prep {raw}: {summary.seconds:.1f} s ({summary.clips} clips prepared, "
+          f"{len(summary.shards_skipped)} shards reused)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ae")
     parser.add_argument("--machine", default="fan")
-    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--synth-seeds", type=int, default=1)
+    parser.add_argument("--real-seeds", type=int, default=3)
+    parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "real")
+    parser.add_argument("--fixed-epochs", type=int, default=100)
+    parser.add_argument("--synth-fixed-epochs", type=int, default=None, help="default: --fixed-epochs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every available core)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--keep", type=Path, default=None, help="Work here (reused if it holds the data).")
+    parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--processed", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--run", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="asd-bench-train-"))
-    raw, processed = work / "raw", work / "processed"
-    if not (raw / "synth" / args.machine).is_dir():
-        start = time.perf_counter()
-        generate_dataset(raw / "synth", seed=0, scale=args.scale, machines=[args.machine], n_jobs=args.jobs)
-        print(f"synth        {time.perf_counter() - start:8.1f} s")
-    start = time.perf_counter()
-    summary = run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(processed), jobs=args.jobs), show_progress=False)
-    prep_seconds = time.perf_counter() - start
-    print(f"data_prep    {prep_seconds:8.1f} s  ({summary.clips} clips prepared, "
-          f"{len(summary.shards_skipped)} shards reused)")
+    rows = []
+    real = args.real / REAL_NAME
+    if args.real_seeds > 0 and real.is_dir():
+        prepare(args.real, work / "processed-real", args.jobs)
+        processed = work / "processed-real" / REAL_NAME / "dev_data" / "raw"
+        rows += measure("real bearing", processed, "bearing", args.real_seeds, args.fixed_epochs, args.threads, work)
+    elif args.real_seeds > 0:
+        print(f"real set absent ({real}): skipped", flush=True)
+    if args.synth_seeds > 0:
+        from asd.synth import generate_dataset
 
-    (item,) = discover(processed / "synth", [args.machine])
-    train = TrainConfig(epochs=args.epochs, seed=0, device="auto")
-    run_dir = work / f"run_{args.model}"
-    memory_before = peak_rss_mib()
-    start = time.perf_counter()
-    train_machine(item, run_dir, args.model, train)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    predictions, rules = test_machine(item, run_dir, train)
-    score_seconds = time.perf_counter() - start
-    table = metrics_table(predictions, rules)
-    official = dataset_score(predictions, rules)["official score"]
-
-    print(f"train        {train_seconds:8.1f} s  = {train_seconds / args.epochs:.2f} s/epoch over {args.epochs} "
-          f"epochs (includes threshold fitting and saving)")
-    print(f"test         {score_seconds:8.1f} s  = {len(predictions) / score_seconds:.1f} clips/s scored")
-    print(f"peak memory  {peak_rss_mib():8.0f} MiB (before training: {memory_before:.0f} MiB)")
-    row = table.iloc[0]
-    print(f"quality      AUC(source) {row['AUC (source)']:.4f}  AUC(target) {row['AUC (target)']:.4f}  "
-          f"pAUC {row['pAUC']:.4f}  official score {official:.4f}")
-    print(f"work folder  {work}")
+        raw = work / "raw"
+        if not (raw / "synth" / args.machine).is_dir():
+            start = time.perf_counter()
+            generate_dataset(raw / "synth", seed=0, scale=args.scale, machines=[args.machine], n_jobs=args.jobs)
+            print(f"synth: {time.perf_counter() - start:.1f} s", flush=True)
+        prepare(raw, work / "processed", args.jobs)
+        rows += measure(f"synth {args.machine} x{args.scale:g}", work / "processed" / "synth", args.machine,
+                        args.synth_seeds, args.synth_fixed_epochs or args.fixed_epochs, args.threads, work)
+    if rows:
+        print("\n" + summarise(rows).to_string(index=False))
+    print(f"\nwork folder: {work}")
 
 
 if __name__ == "__main__":

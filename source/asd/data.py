@@ -84,3 +84,25 @@ def iterate_in_order(shard: Shard, rows: np.ndarray, batch_segments: int = 512
     for start in range(0, len(rows), batch_segments):
         chosen = rows[start:start + batch_segments]
         yield read_rows(shard, chosen), chosen
+
+
+def rows_nbytes(shard: Shard, n_rows: int, dtype: str = "float32") -> int:
+    """Bytes that `n_rows` log-mel blocks of `shard` take in memory as `dtype`."""
+    _, n_mels, n_frames = shard.file["logmel"].shape
+    return int(n_rows) * n_mels * n_frames * np.dtype(dtype).itemsize
+
+
+def load_frames(shard: Shard, rows: np.ndarray, dtype: str = "float32", batch_segments: int = 512) -> np.ndarray:
+    """The log-mel blocks of sorted `rows`, read once, as one frame-major array `[n_rows, n_frames, n_mels]`.
+
+    Frame-major means the `context` consecutive frames of a feature vector are contiguous in memory, so
+    the vectors can be strided views of this array instead of copies. Read in batches into the final
+    array: the peak is the array plus one batch.
+    """
+    rows = np.sort(rows)
+    _, n_mels, n_frames = shard.file["logmel"].shape
+    out = np.empty((len(rows), n_frames, n_mels), dtype=dtype)
+    for start in range(0, len(rows), batch_segments):
+        chosen = rows[start:start + batch_segments]
+        out[start:start + len(chosen)] = read_rows(shard, chosen).transpose(0, 2, 1)
+    return out

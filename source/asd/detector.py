@@ -32,13 +32,45 @@ class FingerprintMismatch(AsdError):
 class TrainConfig:
     """Settings shared by every model's training (the model's own settings live in its config)."""
 
-    epochs: int | None = None  # None: the model's default
+    epochs: int | None = None  # exactly this many epochs; None: stop early (below), at most max_epochs
     seed: int = 0
     device: str = "auto"
     val_fraction: float = 0.1  # normal training clips held out (by clip) for thresholds and val loss
     aggregate: str = "mean"  # segment scores -> clip score
     threshold_method: str = "gamma"
     threshold_percentile: float = 90.0
+    # Early stopping (models that support it; `epochs` switches it off): stop when the held-out loss
+    # has not improved by `min_delta` (relative) for `patience` epochs, keep the best epoch's weights.
+    max_epochs: int | None = None  # cap; None: the model's default epoch count
+    patience: int = 5
+    min_delta: float = 0.005
+    # Training data: the log-mel blocks of the training and held-out clips are read once into memory
+    # when they fit this budget (else streamed from the shard), stored as `cache_dtype`.
+    memory_budget_mib: float = 512.0
+    cache_dtype: str = "float32"
+    threads: int = 0  # torch intra-op threads; 0: every available core
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "max_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not 0.0 <= self.min_delta < 1.0:
+            raise ValueError(f"min_delta is a relative tolerance in [0, 1), got {self.min_delta}")
+        if self.memory_budget_mib < 0:
+            raise ValueError(f"memory_budget_mib must be >= 0, got {self.memory_budget_mib}")
+        if self.cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: every core), got {self.threads}")
+
+    def epoch_plan(self, model_default: int) -> tuple[int, bool]:
+        """(most epochs to run, whether that number is fixed) for a model whose default is given."""
+        if self.epochs is not None:
+            return self.epochs, True
+        return self.max_epochs or model_default, False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,7 +89,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        # Only GPU kernels have non-deterministic variants to switch off; on a CPU-only machine the switch
+        # would cost ~110 MiB of resident memory for nothing (it loads the CUDA libraries).
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def aggregate_clip_scores(segment_scores: np.ndarray, clip_of_segment: np.ndarray,
@@ -70,6 +105,18 @@ def aggregate_clip_scores(segment_scores: np.ndarray, clip_of_segment: np.ndarra
     if reducer == "p90":
         return grouped.quantile(0.9)
     return getattr(grouped, reducer)()
+
+
+def reduce_selective(segment_scores: np.ndarray, clip_of_segment: np.ndarray, reducer: str = "mean") -> pd.Series:
+    """Clip scores from `[n]` segment scores, or from `[n, k]` per-domain columns: each column reduced per
+    clip with `reducer`, then the minimum over the columns (index = clip index)."""
+    if segment_scores.ndim == 1:
+        return aggregate_clip_scores(segment_scores, clip_of_segment, reducer)
+    if segment_scores.ndim != 2 or segment_scores.shape[1] == 0:
+        raise ValueError(f"segment scores must be [n] or [n, k], got shape {segment_scores.shape}")
+    columns = [aggregate_clip_scores(segment_scores[:, j], clip_of_segment, reducer)
+               for j in range(segment_scores.shape[1])]
+    return pd.concat(columns, axis=1).min(axis=1)
 
 
 class Detector(ABC):
@@ -93,7 +140,8 @@ class Detector(ABC):
 
     @abstractmethod
     def _score_rows(self, shard: Shard, rows: np.ndarray, device: torch.device) -> np.ndarray:
-        """One score per segment row (sorted rows in, same order out)."""
+        """One score per segment row (sorted rows in, same order out): `[n]`, or `[n, k]` with one column
+        per reference domain, which `score_clips` reduces per clip before taking the minimum over columns."""
 
     @abstractmethod
     def _state(self) -> dict[str, Any]:
@@ -126,13 +174,19 @@ class Detector(ABC):
 
     @torch.no_grad()
     def score_segments(self, shard: Shard, rows: np.ndarray, device: str = "auto") -> np.ndarray:
-        """Anomaly score of every segment row of `shard` (higher = more anomalous)."""
+        """Anomaly score of every segment row of `shard` (higher = more anomalous): `[n]`, or `[n, k]`
+        per-domain columns (see `_score_rows`)."""
         self.check_fingerprint(shard)
         return self._score_rows(shard, np.sort(rows), resolve_device(device))
 
     def score_clips(self, shard: Shard, clip_indices: np.ndarray | None = None, reducer: str = "mean",
                     device: str = "auto") -> pd.Series:
-        """Anomaly score per clip (index = clip index), segment scores reduced with `reducer`."""
+        """Anomaly score per clip (index = clip index), segment scores reduced with `reducer`.
+
+        Per-domain segment scores `[n, k]` (selective scoring, e.g. the DCASE baseline's selective
+        Mahalanobis) are reduced per clip column by column, then the clip takes the minimum over the
+        domains: the official order, average per domain first and minimum last.
+        """
         from asd.data import segment_rows_of
 
         clips = shard.clips
@@ -140,7 +194,7 @@ class Detector(ABC):
         rows = segment_rows_of(shard, clip_indices)
         scores = self.score_segments(shard, rows, device)
         clip_of_row = shard.segments["clip_index"].to_numpy()[rows]
-        return aggregate_clip_scores(scores, clip_of_row, reducer)
+        return reduce_selective(scores, clip_of_row, reducer)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint (loadable with `torch.load(weights_only=True)`: tensors and plain values)."""

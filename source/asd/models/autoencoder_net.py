@@ -38,6 +38,28 @@ def frames_to_vectors(logmel: Tensor, context: int = 5) -> Tensor:
     return windows.reshape(batch * (n_frames - context + 1), context * n_mels)
 
 
+def strided_vectors(frames: Tensor, context: int = 5) -> Tensor:
+    """All ``context``-frame vectors of frame-major spectrograms as a view, without copying.
+
+    Args:
+        frames: ``[B, T, n_mels]`` (frame-major: one frame's mel bins contiguous).
+        context: frames per vector.
+
+    Returns:
+        ``[B, T - context + 1, context * n_mels]`` sharing memory with ``frames``; element
+        ``[b, t, j * n_mels + m]`` is ``frames[b, t + j, m]``, the layout of :func:`frames_to_vectors`.
+        Gathering a training batch from it copies only the batch.
+    """
+    if frames.dim() != 3:
+        raise ValueError(f"expected frames of shape [B, T, n_mels], got {tuple(frames.shape)}")
+    batch, n_frames, n_mels = frames.shape
+    if not 1 <= context <= n_frames:
+        raise ValueError(f"need 1 <= context <= T={n_frames}, got context={context}")
+    frames = frames.contiguous()
+    return frames.as_strided((batch, n_frames - context + 1, context * n_mels),
+                             (n_frames * n_mels, n_mels, 1), frames.storage_offset())
+
+
 @dataclass(frozen=True)
 class AutoencoderConfig:
     """Shape of :class:`DcaseAutoencoder` (defaults: the DCASE baseline)."""
