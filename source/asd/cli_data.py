@@ -107,7 +107,7 @@ def _new_run_dir(model: str) -> Path:
 def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     """`python source/main.py --scheduler ...`: the default train+test run, one Dask task per machine type
     (x seed). Exit 1 when a task failed (the others' results are written; a rerun finishes the rest)."""
-    from asd.detector import FingerprintMismatch, TrainConfig
+    from asd.detector import FingerprintMismatch
     from asd.distributed import check_scheduler, run_distributed
     from asd.shard import StaleShard
 
@@ -117,12 +117,11 @@ def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     except ValueError as err:
         raise click.UsageError(str(err) if "scheduler" in str(err) else f"--seeds {seeds!r}: expected 0,1,2") \
             from None
-    train = TrainConfig(epochs=options["epochs"], seed=options["seed"], device=options["device"],
-                        val_fraction=options["val_fraction"], aggregate=options["aggregate"],
-                        threshold_method=options["threshold_method"],
-                        threshold_percentile=options["threshold_percentile"])
+    from asd.run_stages import train_config_from_options
+
+    train = train_config_from_options(options)
     run_dir = options["output_dir"] or _new_run_dir(options["model"])
-    machines = [m for m in options["machines"].split(",") if m] or None
+    machines = list(options["machines"]) or None
     try:
         failures = run_distributed(Path(options["processed_dir"]), Path(run_dir), options["model"], train,
                                    machines, seed_list, scheduler, log=click.echo)

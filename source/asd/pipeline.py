@@ -98,8 +98,10 @@ def cross_fitted_false_alarm_rate(normal: np.ndarray, train: TrainConfig, seed: 
     return float(np.mean(rates))
 
 
-def train_machine(item: MachineData, run_dir: Path, model: str, train: TrainConfig) -> list[dict]:
-    """Fit a detector on the machine's training shard; save it with its thresholds; return threshold rows."""
+def train_machine(item: MachineData, run_dir: Path, model: str, train: TrainConfig,
+                  model_options: dict | None = None) -> list[dict]:
+    """Fit a detector on the machine's training shard; save it with its thresholds; return threshold rows.
+    `model_options` override fields of the model's config (e.g. the ensemble's `members`)."""
     if item.train is None:
         raise BadState(f"{item.key}: no train.h5 shard; run data_prep on its train/ folder")
     out = machine_dir(run_dir, item)
@@ -108,7 +110,7 @@ def train_machine(item: MachineData, run_dir: Path, model: str, train: TrainConf
     clips = shard.clips
     normal = clips[clips["label"] != "anomaly"]  # training data is normal by definition; never learn anomalies
     train_clips, val_clips = split_train_validation(normal, train.val_fraction, train.seed)
-    detector = make_detector(model)
+    detector = make_detector(model, **(model_options or {}))
     start = time.perf_counter()
     with open(out / "train.log", "w") as log_file:
         def log(line: str) -> None:
@@ -178,5 +180,7 @@ def write_config(run_dir: Path, record: dict) -> None:
     path.write_text(json.dumps(existing, indent=2, default=str))
 
 
-def train_config_record(train: TrainConfig, model: str, processed_dir: Path) -> dict:
-    return {"model": model, "processed_dir": str(processed_dir), "train": asdict(train)}
+def train_config_record(train: TrainConfig, model: str, processed_dir: Path,
+                        model_options: dict | None = None) -> dict:
+    return {"model": model, "model_options": dict(model_options or {}), "processed_dir": str(processed_dir),
+            "train": asdict(train)}

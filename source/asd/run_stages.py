@@ -59,11 +59,39 @@ def _discover_checked(processed_dir: Path, machines: tuple[str, ...]):
     return items
 
 
+def train_config_from_options(options: dict):
+    """The TrainConfig of a `train`/`run` command's options."""
+    from asd.detector import TrainConfig
+
+    return TrainConfig(epochs=options["epochs"], seed=options["seed"], device=options["device"],
+                       val_fraction=options["val_fraction"], aggregate=options["aggregate"],
+                       threshold_method=options["threshold_method"],
+                       threshold_percentile=options["threshold_percentile"],
+                       max_epochs=options.get("max_epochs"), patience=options.get("patience", 5),
+                       min_delta=options.get("min_delta", 0.005))
+
+
+def model_options_from(options: dict) -> dict:
+    """Model config overrides from the command line: `--members` (ensemble only)."""
+    members = tuple(options.get("members") or ())
+    if members and options["model"] != "ensemble":
+        raise BadInput(f"--members applies to --model ensemble, not --model {options['model']}")
+    if not members:
+        return {}
+    from asd.models.ensemble import EnsembleDetectorConfig
+
+    try:
+        EnsembleDetectorConfig(members=members)
+    except ValueError as err:
+        raise BadInput(f"--members: {err}") from None
+    return {"members": members}
+
+
 def train_stage(options: dict, command: str) -> StageOutcome:
     """Train every machine type found (options as the `train` command takes them)."""
     import pandas as pd
 
-    from asd.detector import TrainConfig, resolve_device
+    from asd.detector import resolve_device
     from asd.models.registry import make_detector
     from asd.pipeline import machine_dir, train_config_record, train_machine, write_config
     from asd.run_checks import check_shard, remove_partial_files
@@ -72,12 +100,10 @@ def train_stage(options: dict, command: str) -> StageOutcome:
     items = _discover_checked(options["processed_dir"], options["machines"])
     device = resolve_device(options["device"])  # BadInput before any work when no GPU is there
     run_dir = check_writable_dir(options["output_dir"] or new_run_dir(model), "--output-dir")
-    train = TrainConfig(epochs=epochs, seed=options["seed"], device=options["device"],
-                        val_fraction=options["val_fraction"], aggregate=options["aggregate"],
-                        threshold_method=options["threshold_method"],
-                        threshold_percentile=options["threshold_percentile"])
-    used_epochs = epochs or getattr(make_detector(model).config, "epochs", None)
-    write_config(run_dir, {**train_config_record(train, model, options["processed_dir"]),
+    train = train_config_from_options(options)
+    model_options = model_options_from(options)
+    used_epochs = epochs or getattr(make_detector(model, **model_options).config, "epochs", None)
+    write_config(run_dir, {**train_config_record(train, model, options["processed_dir"], model_options),
                            "machines": list(options["machines"]), "failed": {},
                            "used": {"epochs": used_epochs, "device": str(device)}})
     write_effective_config(run_dir / "config.yaml", options, f"python source/main.py {command}",
@@ -94,7 +120,7 @@ def train_stage(options: dict, command: str) -> StageOutcome:
         try:
             check_shard(item.train)
             remove_partial_files(machine_dir(run_dir, item))  # left by a run killed while saving
-            machine_rows = train_machine(item, run_dir, model, train)
+            machine_rows = train_machine(item, run_dir, model, train, model_options)
         except AsdError as err:
             outcome.fail(item.key, "train", err)
             continue

@@ -32,9 +32,10 @@ def detector_class(model_name: str) -> type[Detector]:
     raise KeyError(f"unknown model {model_name!r} in checkpoint; known: {sorted(MODELS)}")
 
 
-def make_detector(name: str) -> Detector:
-    """A fresh detector for a command-line model name."""
+def make_detector(name: str, **overrides) -> Detector:
+    """A fresh detector for a command-line model name; `overrides` set fields of its config
+    (e.g. `members` of the ensemble)."""
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     cls = _load_class(name)
-    return cls(replace(cls.config_class(), **MODELS[name][2]))
+    return cls(replace(cls.config_class(), **{**MODELS[name][2], **overrides}))
