@@ -63,7 +63,7 @@ def run_set(processed: Path, models: list[str], seeds: list[int], work: Path, ar
             continue
         for model in models:
             for seed in seeds:
-                train = TrainConfig(epochs=epochs_for(model, args), seed=seed, device="cpu")
+                train = TrainConfig(epochs=epochs_for(model, args), seed=seed, device="cpu", threads=args.threads)
                 row, machine_predictions = evaluate_model(item, work / f"run_{label}_{model}_{seed}", model, train)
                 rows.append(row)
                 predictions.setdefault((model, seed), []).append(machine_predictions)
@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--ae-epochs", type=int, default=None, help="default: the model's own")
     parser.add_argument("--embed-epochs", type=int, default=None, help="default: the model's own")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for training (0 = every core; 1 on a machine shared with other work)")
     parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
     args = parser.parse_args()
 
