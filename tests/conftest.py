@@ -128,3 +128,17 @@ def assert_shard_matches_sources(shard_path: Path, raw_root: Path) -> None:
 def check_round_trip() -> Callable[[Path, Path], None]:
     """The `assert_shard_matches_sources` helper, as a fixture."""
     return assert_shard_matches_sources
+
+
+def prepared_synthetic_machine(tmp_path_factory: pytest.TempPathFactory, machine: str, scale: float,
+                               anomaly_strength: float, clip_seconds: float = 2.0) -> Path:
+    """One synthetic machine type (seed 0), prepared with the default features: its processed folder."""
+    from asd.prep import PrepConfig, run_prep
+    from asd.synth import generate_dataset
+
+    raw = tmp_path_factory.mktemp("raw") / "synth"
+    generate_dataset(raw, seed=0, scale=scale, machines=[machine], anomaly_strength=anomaly_strength,
+                     clip_seconds=clip_seconds, n_jobs=1)
+    out = tmp_path_factory.mktemp("processed")
+    run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out), jobs=1), show_progress=False)
+    return next(out.rglob(machine))

@@ -11,9 +11,8 @@ from sklearn.metrics import roc_auc_score
 from asd.data import split_train_validation
 from asd.detector import TrainConfig, load_detector
 from asd.models.ensemble import EnsembleDetector, EnsembleDetectorConfig, standardisation_table, standardise
-from asd.prep import PrepConfig, run_prep
 from asd.shard import Shard
-from asd.synth import generate_dataset
+from conftest import prepared_synthetic_machine
 
 
 def test_standardisation_per_section_with_fallbacks() -> None:
@@ -54,11 +53,7 @@ def test_config_is_validated() -> None:
 
 @pytest.fixture(scope="module")
 def valve(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tmp_path_factory.mktemp("raw") / "synth"
-    generate_dataset(raw, seed=0, scale=0.1, machines=["valve"], anomaly_strength=4.0, clip_seconds=2.0, n_jobs=1)
-    out = tmp_path_factory.mktemp("processed")
-    run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out), jobs=1), show_progress=False)
-    return next(out.rglob("valve"))
+    return prepared_synthetic_machine(tmp_path_factory, "valve", scale=0.1, anomaly_strength=4.0)
 
 
 def test_ensemble_end_to_end_beats_chance_and_round_trips(valve: Path, tmp_path: Path) -> None:

@@ -14,9 +14,8 @@ from asd.detector import TrainConfig, load_detector
 from asd.models.gmm import DiagonalGmm, GmmDetector, GmmDetectorConfig
 from asd.models.pooling import _frames_of_clip, gwrp_pool, gwrp_weights
 from asd.models.registry import make_detector
-from asd.prep import PrepConfig, run_prep
 from asd.shard import Shard
-from asd.synth import generate_dataset
+from conftest import prepared_synthetic_machine
 
 TRAIN = TrainConfig(seed=0, device="cpu", val_fraction=0.1)
 
@@ -85,11 +84,7 @@ def test_a_clip_from_the_fitted_distribution_scores_lower_than_one_far_from_it()
 
 @pytest.fixture(scope="module")
 def fan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tmp_path_factory.mktemp("raw") / "synth"
-    generate_dataset(raw, seed=0, scale=0.3, machines=["fan"], anomaly_strength=3.0, clip_seconds=2.0, n_jobs=1)
-    out = tmp_path_factory.mktemp("processed")
-    run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out), jobs=1), show_progress=False)
-    return next(out.rglob("fan"))
+    return prepared_synthetic_machine(tmp_path_factory, "fan", scale=0.3, anomaly_strength=3.0)
 
 
 def _fit(machine_dir: Path, seed: int = 0) -> GmmDetector:
