@@ -55,6 +55,9 @@ def training_options(func):
                      help="Relative improvement of the held-out loss that counts, in [0, 1)."),
         click.option("--seed", default=0, type=SEED, help="Random seed, >= 0 (same seed, same scores)."),
         click.option("--device", default="auto", type=DEVICE, help="auto | cpu | cuda | cuda:N"),
+        click.option("--threads", default=0, type=click.IntRange(min=0),
+                     help="torch threads for training (0 = every core; 1 is faster on a machine busy with "
+                          "other work)."),
         click.option("--val-fraction", default=0.1, type=VAL_FRACTION,
                      help="Share of normal training clips held out (by clip) to fit thresholds, in [0, 1)."),
         click.option("--aggregate", type=click.Choice(REDUCERS), default="mean",

@@ -68,7 +68,7 @@ def train_config_from_options(options: dict):
                        threshold_method=options["threshold_method"],
                        threshold_percentile=options["threshold_percentile"],
                        max_epochs=options.get("max_epochs"), patience=options.get("patience", 5),
-                       min_delta=options.get("min_delta", 0.005))
+                       min_delta=options.get("min_delta", 0.005), threads=options.get("threads", 0))
 
 
 def model_options_from(options: dict) -> dict:
