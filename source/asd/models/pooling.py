@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from asd.data import iterate_in_order, segment_rows_of
+from asd.data import iterate_in_order
 from asd.shard import Shard
 
 
@@ -44,18 +44,10 @@ def _frames_of_clip(mels: np.ndarray, starts: np.ndarray, hop_length: int) -> np
     return flat[:, np.sort(keep)]
 
 
-def iterate_clip_frames(shard: Shard, clip_indices: np.ndarray,
-                        batch_segments: int = 512) -> Iterator[tuple[int, np.ndarray]]:
-    """``(clip index, [n_mels, T] frames)`` for every given clip, in file order; memory bounded by one batch
-    of segments plus one clip."""
-    clip_indices = np.sort(np.asarray(clip_indices, dtype=np.int64))
-    rows = segment_rows_of(shard, clip_indices)
-    yield from iterate_row_clip_frames(shard, rows, batch_segments)
-
-
 def iterate_row_clip_frames(shard: Shard, rows: np.ndarray,
                             batch_segments: int = 512) -> Iterator[tuple[int, np.ndarray]]:
-    """As :func:`iterate_clip_frames`, for sorted segment rows that hold whole clips."""
+    """``(clip index, [n_mels, T] frames)`` for every clip of the given sorted segment rows (which must hold
+    whole clips), in file order; memory bounded by one batch of segments plus one clip."""
     clip_of_row = shard.segments["clip_index"].to_numpy()
     start_of_row = shard.segments["start_sample"].to_numpy()
     hop = shard.feature_config.hop_length
