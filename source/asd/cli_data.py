@@ -93,17 +93,6 @@ def run_evaluation(ground_truth: Path, folders, with_ci: bool = True) -> None:
         sys.exit(2)
 
 
-def _new_run_dir(model: str) -> Path:
-    """output/<time>_<model>[-k]: a new folder, as a single-machine run names it."""
-    from datetime import datetime
-
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, suffix = Path("output") / f"{stamp}_{model}", 1
-    while path.exists():
-        path, suffix = Path("output") / f"{stamp}_{model}-{suffix}", suffix + 1
-    return path
-
-
 def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     """`python source/main.py --scheduler ...`: the default train+test run, one Dask task per machine type
     (x seed). Exit 1 when a task failed (the others' results are written; a rerun finishes the rest)."""
@@ -117,10 +106,10 @@ def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     except ValueError as err:
         raise click.UsageError(str(err) if "scheduler" in str(err) else f"--seeds {seeds!r}: expected 0,1,2") \
             from None
-    from asd.run_stages import train_config_from_options
+    from asd.run_stages import new_run_dir, train_config_from_options
 
     train = train_config_from_options(options)
-    run_dir = options["output_dir"] or _new_run_dir(options["model"])
+    run_dir = options["output_dir"] or new_run_dir(options["model"])
     machines = list(options["machines"]) or None
     try:
         failures = run_distributed(Path(options["processed_dir"]), Path(run_dir), options["model"], train,
