@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from asd.cli import main
 from asd.features import FeatureConfig
 from asd.prep import PrepConfig, run_prep, shard_path
-from asd.shard import Shard, ShardWriter
+from asd.shard import Shard
+from asd.shard_writer import ShardWriter
 from conftest import PROJECT_ROOT, REAL_ROOT, build_dataset, requires_real, write_wav
 
 

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from asd.cli_prep import prep_command
 from asd.features import FeatureConfig
 from asd.prep import CLIPS_PER_TASK, PrepConfig, PrepSummary, run_prep, shard_path
-from asd.shard import Shard, ShardWriter, StaleShard, find_shards, segment_name
+from asd.shard import Shard, StaleShard, find_shards, segment_name
+from asd.shard_writer import ShardWriter
 from conftest import (
     PROJECT_ROOT,
     REAL_ROOT,
@@ -269,7 +270,7 @@ def test_data_prep_entry_script_runs(tmp_path: Path) -> None:
 KILL_AFTER_FIRST_BATCH = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[3])
-    from asd.shard import ShardWriter
+    from asd.shard_writer import ShardWriter
     from asd.prep import PrepConfig, run_prep
 
     real_add_clips = ShardWriter.add_clips

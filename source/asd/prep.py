@@ -22,10 +22,11 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from asd.audio import BadAudio, probe, read_clip
-from asd.errors import BadInput
+from asd.errors import BadInput, ShardWriteFailed
 from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
 from asd.layout import SkippedFile, find_machine_dirs, scan_raw_root
-from asd.shard import ShardWriteFailed, ShardWriter, StaleShard, read_shard_attrs
+from asd.shard import StaleShard, read_shard_attrs
+from asd.shard_writer import ShardWriter
 
 CLIPS_PER_TASK = 16  # one task = this many clips: amortises dispatch, bounds the memory in flight
 

@@ -17,7 +17,8 @@ from asd.errors import BadInput, MissingModel
 from asd.features import FeatureConfig, segment_features
 from asd.layout import UnparseableName, parse_clip_name
 from asd.pipeline import ALL_SECTIONS, threshold_for
-from asd.shard import Shard, ShardWriter
+from asd.shard import Shard
+from asd.shard_writer import ShardWriter
 
 
 def _wav_files(paths: list[Path]) -> list[Path]:

@@ -1,0 +1,402 @@
+"""Writing a shard (SPEC §4): `ShardWriter` stages segments clip by clip in a temporary file, checksums every
+row as it goes, reads the closed file back before the atomic rename, and fails the shard cleanly (nothing
+committed) when any write fails, a full disk included. The layout itself lives in :mod:`asd.shard`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from asd import __version__
+from asd.errors import ShardWriteFailed
+from asd.features import SCHEMA_VERSION, FeatureConfig
+from asd.shard import (
+    BLOCK_BYTES,
+    CLIP_COLUMNS,
+    SEGMENT_COLUMNS,
+    STR,
+    TABLE_CHUNK_MIN_BYTES,
+    TABLE_CHUNK_ROWS,
+    _rows_per_chunk,
+    partial_path,
+    segment_name,
+)
+
+_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def row_checksums(block: np.ndarray) -> np.ndarray:
+    """One 64-bit checksum per row of a numeric block: each row's bytes as little-endian words, dotted
+    with fixed pseudo-random odd weights (wrapping). Cheap enough to run on every byte written and read."""
+    rows = np.ascontiguousarray(block).reshape(len(block), -1).view(np.uint8)
+    width = rows.shape[1]
+    if width % 8:
+        rows = np.concatenate([rows, np.zeros((len(rows), 8 - width % 8), np.uint8)], axis=1)
+    words = rows.view("<u8")
+    weights = _WEIGHTS.get(words.shape[1])
+    if weights is None:
+        weights = np.random.default_rng(words.shape[1]).integers(0, 2**63, words.shape[1], dtype=np.uint64)
+        weights = _WEIGHTS.setdefault(words.shape[1], weights * np.uint64(2) + np.uint64(1))
+    with np.errstate(over="ignore"):
+        return (words * weights).sum(axis=1, dtype=np.uint64)
+
+
+class _Digest:
+    """Order-sensitive digest of a dataset's rows, the same however the rows are split into blocks."""
+
+    def __init__(self) -> None:
+        self.value = np.uint64(0)
+        self.rows = 0
+
+    def add(self, values) -> None:
+        if isinstance(values, np.ndarray) and values.dtype != object:
+            sums = row_checksums(values)
+        else:  # strings: CRC of each UTF-8 value
+            sums = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
+        position = np.arange(self.rows + 1, self.rows + len(sums) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            self.value = np.uint64(self.value + (sums * (position * np.uint64(0x9E3779B97F4A7C15))).sum(
+                dtype=np.uint64))
+        self.rows += len(sums)
+
+
+class _BlockWriter:
+    """Stages rows of one big dataset and writes them chunk by chunk (`write_direct_chunk`: no chunk
+    cache, no partial-chunk rewrites), keeping a digest of every row handed to it."""
+
+    def __init__(self, dataset: h5py.Dataset) -> None:
+        self.dataset = dataset
+        self.chunk_rows = dataset.chunks[0]
+        row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+        block_rows = max(1, BLOCK_BYTES // (row_bytes * self.chunk_rows)) * self.chunk_rows
+        self.stage = np.zeros((block_rows, *dataset.shape[1:]), dataset.dtype)
+        self.staged = 0  # rows waiting in the stage
+        self.written = 0  # rows already on disk (a multiple of chunk_rows until the last write)
+        self.digest = _Digest()
+
+    def add(self, values: np.ndarray) -> None:
+        self.digest.add(values)
+        done = 0
+        while done < len(values):
+            take = min(len(values) - done, len(self.stage) - self.staged)
+            self.stage[self.staged:self.staged + take] = values[done:done + take]
+            self.staged += take
+            done += take
+            if self.staged == len(self.stage):
+                self._write(self.staged)
+
+    def _write(self, rows: int) -> None:
+        """Write the first `rows` staged rows (whole chunks; the last chunk zero-filled past the end)."""
+        end = self.written + rows
+        if end > self.dataset.shape[0]:
+            self.dataset.resize(end, axis=0)
+        n_chunks = -(-rows // self.chunk_rows)
+        if n_chunks * self.chunk_rows > rows:
+            self.stage[rows:n_chunks * self.chunk_rows] = 0
+        zeros = (0,) * (self.stage.ndim - 1)
+        for k in range(n_chunks):
+            part = self.stage[k * self.chunk_rows:(k + 1) * self.chunk_rows]
+            self.dataset.id.write_direct_chunk((self.written + k * self.chunk_rows, *zeros), part)
+        kept = rows - (n_chunks - 1) * self.chunk_rows if rows % self.chunk_rows else 0
+        if kept:  # an unfinished chunk stays staged and is written again, whole, later
+            self.stage[:kept] = self.stage[rows - kept:rows]
+        self.written = end - kept
+        self.staged = kept
+
+    def finish(self) -> None:
+        if self.staged:
+            self._write(self.staged)
+            self.written += self.staged
+            self.staged = 0
+        if self.dataset.shape[0] != self.written:
+            self.dataset.resize(self.written, axis=0)
+
+
+class _TableWriter:
+    """Buffers the rows of one 1-D table column and writes them in blocks at a cursor, with a digest."""
+
+    def __init__(self, dataset: h5py.Dataset, block_rows: int = 8192) -> None:
+        self.dataset = dataset
+        self.block_rows = block_rows
+        self.buffer: list = []
+        self.written = 0
+        self.digest = _Digest()
+
+    def add(self, values) -> None:
+        self.buffer.extend(values)
+        if len(self.buffer) >= self.block_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        is_str = self.dataset.dtype == STR
+        values = np.asarray(self.buffer, dtype=object if is_str else self.dataset.dtype)
+        self.digest.add(values)
+        end = self.written + len(values)
+        if end > self.dataset.shape[0]:
+            self.dataset.resize(end, axis=0)
+        self.dataset[self.written:end] = values
+        self.written = end
+        self.buffer = []
+
+    def finish(self) -> None:
+        self.flush()
+        if self.dataset.shape[0] != self.written:
+            self.dataset.resize(self.written, axis=0)
+
+
+class _GuardedFile:
+    """The file object HDF5 writes through (h5py's "fileobj" driver): positional reads and writes on one
+    descriptor, where a failed write is recorded instead of reported to HDF5.
+
+    Why: after a write fails inside HDF5 (a full disk), its close fails as well, the library is left in
+    a broken state, and a later file or the process exit crashes it (a segmentation fault). Recording
+    the first error here keeps HDF5 consistent; the writer checks `error` after every batch and before
+    committing, and the read-back check would catch a lost byte anyway."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as err:
+                self.error = err
+        self.pos += len(view)
+        return len(view)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self.fd, len(view), self.pos)
+        view[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = max(0, os.fstat(self.fd).st_size - self.pos)
+        data = os.pread(self.fd, size, self.pos)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as err:
+                self.error = err
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ShardWriter:
+    """Writes segments clip by clip to a temporary file; `commit()` verifies, seals and renames it.
+
+    Datasets are pre-sized from `expected_segments` / `expected_clips` (grown or shrunk as needed) and
+    written in large chunk-aligned blocks. Every row's checksum is kept while writing; `commit()` reads
+    the whole file back and compares before the rename, so a shard whose bytes did not all reach the file
+    (a full disk, an I/O error h5py only reports in a destructor) is never committed: it raises
+    `ShardWriteFailed` and the temporary file is removed. Use as a context manager: leaving the block
+    with an exception deletes the temporary file.
+    """
+
+    def __init__(self, final_path: Path, config: FeatureConfig, meta: dict[str, str],
+                 expected_segments: int = 0, expected_clips: int = 0) -> None:
+        self.final_path = Path(final_path)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = partial_path(self.final_path)
+        self.config = config
+        self.n_clips = 0
+        self.n_segments = 0
+        self.file = None
+        self.guard: _GuardedFile | None = None
+        try:
+            self._create(expected_segments, expected_clips, meta)
+        except (OSError, RuntimeError, ValueError) as err:
+            self.abort()
+            raise ShardWriteFailed(self.final_path, f"{_reason(err)}; nothing was committed") from err
+
+    def _create(self, expected_segments: int, expected_clips: int, meta: dict[str, str]) -> None:
+        config = self.config
+        self.guard = _GuardedFile(self.tmp_path)
+        self.file = h5py.File(self.guard, "w")
+        length, mels, frames = config.segment_samples, config.n_mels, config.n_frames
+        waveform = self.file.create_dataset(
+            "waveform", shape=(expected_segments, length), maxshape=(None, length), dtype=np.int16,
+            chunks=(_rows_per_chunk(length * 2), length))
+        logmel = self.file.create_dataset(
+            "logmel", shape=(expected_segments, mels, frames), maxshape=(None, mels, frames),
+            dtype=np.float32, chunks=(_rows_per_chunk(mels * frames * 4), mels, frames))
+        self.blocks = {"waveform": _BlockWriter(waveform), "logmel": _BlockWriter(logmel)}
+        self.tables: dict[str, _TableWriter] = {}
+        for group, columns, expected in (("clips", CLIP_COLUMNS, expected_clips),
+                                         ("segments", SEGMENT_COLUMNS, expected_segments)):
+            for name, dtype in columns.items():
+                dataset = self.file.create_dataset(
+                    f"{group}/{name}", shape=(expected,), maxshape=(None,), dtype=dtype,
+                    chunks=(max(TABLE_CHUNK_ROWS, TABLE_CHUNK_MIN_BYTES // np.dtype(dtype).itemsize),))
+                self.tables[f"{group}/{name}"] = _TableWriter(dataset)
+        attrs = self.file.attrs
+        attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in config.to_dict().items():
+            attrs[key] = "none" if value is None else value
+        attrs["segment_samples"] = config.segment_samples
+        attrs["hop_samples"] = config.hop_samples
+        attrs["n_frames"] = config.n_frames
+        attrs["feature_config"] = json.dumps(config.to_dict(), sort_keys=True)
+        attrs["fingerprint"] = config.fingerprint()
+        attrs["package_version"] = __version__
+        attrs["complete"] = False
+        for key, value in meta.items():
+            attrs[key] = value
+
+    def add_clips(self, clips: list[dict], segments: list) -> None:
+        """Append a batch of clips: their clip-table rows (without the CSR fields) and, per clip, its
+        `asd.features.SegmentFeatures` (or `(waveforms, logmels, start samples)`)."""
+        if not clips:
+            return
+        try:
+            self._add(clips, segments)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ShardWriteFailed(self.final_path, f"{_reason(err)}; nothing was committed") from err
+        self._check_guard()
+
+    def _check_guard(self) -> None:
+        if self.guard is not None and self.guard.error is not None:
+            raise ShardWriteFailed(self.final_path, f"{_reason(self.guard.error)}; nothing was committed")
+
+    def _add(self, clips: list[dict], segments: list) -> None:
+        first = self.n_segments
+        waves_all, mels_all = [], []
+        for offset, (clip, feats) in enumerate(zip(clips, segments, strict=True)):
+            if isinstance(feats, tuple):
+                waves, mels, starts = feats[:3]
+                frames = np.full(len(waves), -1, dtype=np.int64)
+            else:
+                waves, mels, starts, frames = feats.waves, feats.logmels, feats.starts, feats.first_frames
+            index, n = self.n_clips + offset, len(waves)
+            row = {**clip, "first_segment": first, "n_segments": n}
+            for name in CLIP_COLUMNS:
+                self.tables[f"clips/{name}"].add([row[name]])
+            self.tables["segments/clip_index"].add(np.full(n, index))
+            self.tables["segments/segment_id"].add(np.arange(n))
+            self.tables["segments/start_sample"].add(np.asarray(starts))
+            self.tables["segments/first_frame"].add(np.asarray(frames))
+            self.tables["segments/name"].add(
+                [segment_name(index, i, clip["domain"], clip["label"]) for i in range(n)])
+            waves_all.append(waves)
+            mels_all.append(mels)
+            first += n
+        for waves in waves_all:
+            self.blocks["waveform"].add(np.asarray(waves, dtype=np.int16))
+        for mels in mels_all:
+            self.blocks["logmel"].add(np.asarray(mels, dtype=np.float32))
+        self.n_clips += len(clips)
+        self.n_segments = first
+
+    def commit(self) -> Path:
+        """Write what is staged, mark complete, close, read everything back and compare it with what was
+        handed in, fsync, and atomically rename to the final name. Raises `ShardWriteFailed` (and
+        removes the temporary file) when any of it fails."""
+        try:
+            for writer in (*self.blocks.values(), *self.tables.values()):
+                writer.finish()
+            attrs = self.file.attrs
+            attrs["n_clips"] = self.n_clips
+            attrs["n_segments"] = self.n_segments
+            attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            attrs["complete"] = True
+            self.file.flush()
+            self.file.close()
+            if self.guard.error is not None:
+                raise self.guard.error
+            os.fsync(self.guard.fd)  # on disk before the rename makes it visible
+            self.guard.close()
+            self._verify()
+            os.replace(self.tmp_path, self.final_path)
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            self.abort()
+            raise ShardWriteFailed(self.final_path, f"{_reason(err)}; nothing was committed") from err
+        return self.final_path
+
+    def _verify(self) -> None:
+        """Read the closed temporary file back and compare every dataset's digest and length."""
+        expected = {name: (w.digest, w.written) for name, w in {**self.blocks, **self.tables}.items()}
+        with h5py.File(self.tmp_path, "r") as file:
+            if not file.attrs.get("complete") or int(file.attrs["n_segments"]) != self.n_segments:
+                raise OSError("the shard's attributes did not read back as written")
+            for name, (digest, rows) in expected.items():
+                dataset = file[name]
+                if dataset.shape[0] != rows:
+                    raise OSError(f"{name} holds {dataset.shape[0]} rows, {rows} were written")
+                got = _Digest()
+                if name in self.blocks:  # the big ones: raw chunk bytes, no HDF5 gather or copy
+                    chunk_rows = dataset.chunks[0]
+                    for start in range(0, rows, chunk_rows):
+                        _, raw = dataset.id.read_direct_chunk((start, *(0,) * (dataset.ndim - 1)))
+                        block = np.frombuffer(raw, dataset.dtype).reshape(dataset.chunks)
+                        got.add(block[:min(chunk_rows, rows - start)])
+                else:
+                    step = max(dataset.chunks[0], TABLE_CHUNK_ROWS)
+                    for start in range(0, rows, step):
+                        got.add(dataset.asstr()[start:start + step] if dataset.dtype == STR
+                                else dataset[start:start + step])
+                if got.value != digest.value:
+                    raise OSError(f"{name} did not read back as written (checksum mismatch)")
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (HDF5 never saw a failed write, so its close succeeds)."""
+        if self.file is not None and self.file.id.valid:
+            with contextlib.suppress(Exception):
+                self.file.close()
+        if self.guard is not None:
+            self.guard.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _reason(err: BaseException) -> str:
+    """One line saying why a write failed; a full disk is named as such."""
+    text = f"{err}"
+    errno_value = getattr(err, "errno", None)
+    if errno_value == errno.ENOSPC or "No space left" in text or "errno = 28" in text:
+        return "no space left on the device"
+    return text.splitlines()[0] if text else type(err).__name__
