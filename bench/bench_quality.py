@@ -3,6 +3,7 @@
     python bench/bench_quality.py [--real ../shared/real] [--seeds 0,1,2] [--models gmm,ae,ae-maha,embed,ensemble]
                                   [--synthetic-scale 1.0] [--synthetic-seeds 0] [--no-synthetic]
                                   [--ae-epochs 100] [--embed-epochs 8] [--keep DIR]
+                                  [--variant NAME=MODEL:field=value,field=value ...]
 
 Real recordings decide (README, Quality): every machine type found under --real (default ../shared/real
 beside the project, skipped when absent) is prepared with data_prep, then every model is trained and tested
@@ -10,11 +11,16 @@ once per seed through the same functions `python source/main.py` uses; the table
 seeds of AUC (source), AUC (target), pAUC and the official score (DCASE 2022+ rules), with training seconds
 and test clips per second. The synthetic set (four machine types at DCASE size unless --synthetic-scale)
 follows with one row per machine type and model. Markdown copies land in <work>/quality_*.md.
+
+A variant is a model with config fields changed, named for --models: e.g.
+`--variant embed-1s=embed:crop_frames=32,score_frames=32 --models embed,embed-1s` (values are read as JSON,
+else as text).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -28,23 +34,43 @@ sys.path.insert(0, str(ROOT / "source"))
 
 from asd.detector import TrainConfig  # noqa: E402
 from asd.metrics import dataset_score, metrics_table  # noqa: E402
-from asd.pipeline import discover, test_machine, train_machine  # noqa: E402
+from asd.pipeline import discover, fit_shared, test_machine, train_machine  # noqa: E402
 from asd.prep import PrepConfig, run_prep  # noqa: E402
 from asd.synth import MACHINE_TYPES, generate_dataset  # noqa: E402
 
 METRICS = ("AUC (source)", "AUC (target)", "pAUC", "official")
 
 
-def evaluate_model(item, run_dir: Path, model: str, train: TrainConfig) -> tuple[dict, pd.DataFrame]:
-    """Train and test one machine type with one model and seed: its metrics and timings, its predictions."""
+def parse_variants(specs: list[str]) -> dict[str, tuple[str, dict]]:
+    """``NAME=MODEL:field=value,...`` -> {NAME: (MODEL, overrides)}; every plain model maps to itself."""
+    variants = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        model, _, fields = rest.partition(":")
+        overrides = {}
+        for pair in filter(None, fields.split(",")):
+            key, _, text = pair.partition("=")
+            try:
+                overrides[key] = json.loads(text)
+            except json.JSONDecodeError:
+                overrides[key] = text
+        variants[name] = (model, overrides)
+    return variants
+
+
+def evaluate_model(item, run_dir: Path, model: str, train: TrainConfig, shared: dict,
+                   shared_seconds: float, overrides: dict | None = None, name: str | None = None
+                   ) -> tuple[dict, pd.DataFrame]:
+    """Train and test one machine type with one model and seed: its metrics and timings (a share of the
+    training across machine types, if the model has one), its predictions."""
     start = time.perf_counter()
-    train_machine(item, run_dir, model, train)
-    train_seconds = time.perf_counter() - start
+    train_machine(item, run_dir, model, train, overrides, shared=shared.get(item.dataset))
+    train_seconds = time.perf_counter() - start + shared_seconds
     start = time.perf_counter()
     predictions, rules = test_machine(item, run_dir, train)
     test_seconds = time.perf_counter() - start
     metrics = metrics_table(predictions, rules)
-    return {"dataset": item.dataset, "machine": item.machine, "model": model, "seed": train.seed,
+    return {"dataset": item.dataset, "machine": item.machine, "model": name or model, "seed": train.seed,
             "AUC (source)": metrics["AUC (source)"].mean(), "AUC (target)": metrics["AUC (target)"].mean(),
             "pAUC": metrics["pAUC"].mean(), "official": dataset_score(predictions, rules)["official score"],
             "train s": train_seconds, "test clips/s": len(predictions) / test_seconds}, predictions
@@ -58,16 +84,21 @@ def run_set(processed: Path, models: list[str], seeds: list[int], work: Path, ar
             ) -> tuple[pd.DataFrame, dict[tuple[str, int], list[pd.DataFrame]]]:
     """Every machine type x model x seed; the metric rows and the predictions per (model, seed)."""
     rows, predictions = [], {}
-    for item in discover(processed):
-        if not item.tests or item.train is None:
-            continue
-        for model in models:
-            for seed in seeds:
-                train = TrainConfig(epochs=epochs_for(model, args), seed=seed, device="cpu", threads=args.threads)
-                row, machine_predictions = evaluate_model(item, work / f"run_{label}_{model}_{seed}", model, train)
+    items = [item for item in discover(processed) if item.tests and item.train is not None]
+    for name in models:
+        model, overrides = args.variants.get(name, (name, {}))
+        for seed in seeds:
+            train = TrainConfig(epochs=epochs_for(model, args), seed=seed, device="cpu", threads=args.threads)
+            run_dir = work / f"run_{label}_{name}_{seed}"
+            start = time.perf_counter()
+            shared = fit_shared(items, run_dir, model, train, overrides)  # embed: one network for all types
+            shared_seconds = (time.perf_counter() - start) / len(items)
+            for item in items:
+                row, machine_predictions = evaluate_model(item, run_dir, model, train, shared, shared_seconds,
+                                                          overrides, name)
                 rows.append(row)
-                predictions.setdefault((model, seed), []).append(machine_predictions)
-                print(f"  {label:<9} {item.machine:<10} {model:<9} seed {seed}: official {row['official']:.4f}  "
+                predictions.setdefault((name, seed), []).append(machine_predictions)
+                print(f"  {label:<9} {item.machine:<10} {name:<9} seed {seed}: official {row['official']:.4f}  "
                       f"train {row['train s']:.1f} s  test {row['test clips/s']:.0f} clips/s", flush=True)
     return pd.DataFrame(rows), predictions
 
@@ -109,7 +140,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for training (0 = every core; 1 on a machine shared with other work)")
     parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=MODEL:field=value,... : a model with config fields changed, usable in --models")
     args = parser.parse_args()
+    args.variants = parse_variants(args.variant)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="asd-bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -153,3 +153,21 @@ def test_adam_matches_torch() -> None:
             opt.step()
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_adam_weight_decay_matches_torch_adamw() -> None:
+    from asd.models.training import Adam
+
+    torch.manual_seed(1)
+    ours, theirs = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    opt_ours = Adam(ours.parameters(), lr=1e-2, weight_decay=0.1)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(20):
+        x = torch.randn(8, 5)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

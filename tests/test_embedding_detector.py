@@ -17,7 +17,7 @@ from asd.data import split_train_validation
 from asd.detector import FingerprintMismatch, TrainConfig, load_detector
 from asd.features import FeatureConfig
 from asd.models.embedding import EmbeddingDetector, EmbeddingDetectorConfig
-from asd.models.embedding_data import augmented_labels, build_class_table, class_weights, mel_shift
+from asd.models.embedding_data import augmented_labels, class_weights, clip_class_names, mel_shift
 from asd.models.registry import make_detector
 from asd.prep import PrepConfig, run_prep
 from asd.shard import Shard
@@ -94,9 +94,10 @@ def test_refuses_a_cache_with_other_features(fitted: EmbeddingDetector, processe
 
 
 def test_hidden_attributes_still_train(processed: dict[str, Path]) -> None:
-    # Also the other options: ArcFace, no shift task, no mixup, clip-level embeddings, normalised banks,
+    # Also the other options: ArcFace, no shift task, no mixup, windowed scoring, machine scope, a two-network ensemble,
     # and `train.epochs` overriding the config's epochs.
-    config = replace(FAST, head="arcface", aux_shifts=(0,), mixup_alpha=0.0, level="clip", combine="normalized")
+    config = replace(FAST, head="arcface", aux_shifts=(0,), mixup_alpha=0.0, score_frames=32, scope="machine",
+                     n_networks=2)
     detector = fit(processed["valve"], config, replace(TRAIN, epochs=1))
     assert detector.class_names_ == ["section_00/source", "section_00/target"]
     assert len(detector.history_) == 1
@@ -112,8 +113,10 @@ def test_registered() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="head"):
         EmbeddingDetectorConfig(head="softmax")
-    with pytest.raises(ValueError, match="combine"):
-        EmbeddingDetectorConfig(combine="mean")
+    with pytest.raises(ValueError, match="scope"):
+        EmbeddingDetectorConfig(scope="world")
+    with pytest.raises(ValueError, match="crop_frames"):
+        EmbeddingDetectorConfig(crop_frames=4)
     assert EmbeddingDetectorConfig(aux_shifts=[0, 2]).aux_shifts == (0, 2)  # lists from checkpoints
 
 
@@ -121,8 +124,9 @@ def test_class_table_and_weights() -> None:
     clips = pd.DataFrame({"section": ["00", "00", "00", "01", "01"],
                           "attributes": ["spd_1", "spd_1", "noAttribute", "", "spd_2"],
                           "domain": ["source", "source", "target", "source", "target"]})
-    assert build_class_table(clips, np.arange(5)) == [
-        "section_00/spd_1/source", "section_00/target", "section_01/source", "section_01/spd_2/target"]
+    assert clip_class_names(clips).tolist() == [
+        "section_00/spd_1/source", "section_00/spd_1/source", "section_00/target", "section_01/source",
+        "section_01/spd_2/target"]
     weights = class_weights(np.array([990, 10]), power=0.5)
     assert weights[1] / weights[0] == pytest.approx(np.sqrt(99))
     np.testing.assert_allclose(class_weights(np.array([5, 50]), power=0.0), [1.0, 1.0])
@@ -139,3 +143,27 @@ def test_mel_shift_and_labels() -> None:
     for row, label in zip(out, labels.tolist(), strict=True):
         assert label // 3 in (0, 1)
         torch.testing.assert_close(row, mel_shift(x[:1], torch.tensor([(0, 2, -1)[label % 3]]))[0])
+
+
+def test_one_network_learns_every_machine_type_of_a_dataset(processed: dict[str, Path], tmp_path: Path) -> None:
+    from asd.metrics import metrics_table
+    from asd.pipeline import discover, fit_shared, test_machine, train_machine
+
+    items = discover(processed["default"].parent)  # the dataset's folder: fan and valve
+    assert [item.machine for item in items] == ["fan", "valve"]
+    dataset = items[0].dataset
+    options = {"epochs": 2, "batch_size": 32}
+    assert fit_shared(items, tmp_path, "gmm", TRAIN) == {}
+    assert fit_shared(items, tmp_path, "embed", TRAIN, {**options, "scope": "machine"}) == {}
+    shared = fit_shared(items, tmp_path, "embed", TRAIN, options)
+    networks = shared[dataset]
+    assert {name.split("/")[0] for name in networks.class_names} == {"fan", "valve"}
+    assert "one network for fan, valve" in (tmp_path / dataset / "shared_train.log").read_text()
+    for item in items:
+        train_machine(item, tmp_path, "embed", TRAIN, options, networks)
+    fan = load_detector(tmp_path / dataset / "fan" / "model.pt")
+    assert fan.class_names_ == networks.class_names and len(fan.networks_) == 1
+    for name, value in fan.networks_[0].state_dict().items():  # the shared weights, saved with each type
+        torch.testing.assert_close(value, networks.networks[0].state_dict()[name])
+    predictions, rules = test_machine(items[0], tmp_path, TRAIN)
+    assert metrics_table(predictions, rules)["AUC (source)"].mean() > 0.7

@@ -111,6 +111,26 @@ def test_same_seed_same_scores(tiny, tmp_path) -> None:
     np.testing.assert_array_equal(scores[0], scores[1])
 
 
+def test_embed_run_trains_one_network_for_the_dataset(tiny, tmp_path) -> None:
+    run_dir = tmp_path / "embed"
+    result = CliRunner().invoke(main, ["run", "--processed-dir", str(tiny["processed"]), "--output-dir",
+                                       str(run_dir), "--model", "embed", "--epochs", "1",
+                                       "--model-option", "crops_per_clip=1", "--model-option", "aux_shifts=0,4"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads((run_dir / "config.json").read_text())["model_options"] == {"crops_per_clip": 1,
+                                                                                    "aux_shifts": [0, 4]}
+    config = load_detector(run_dir / "synth" / "fan" / "model.pt").config
+    assert config.crops_per_clip == 1 and config.aux_shifts == (0, 4)
+    assert "synth: one network for its machine types" in result.output
+    assert "one network for fan, valve" in (run_dir / "synth" / "shared_train.log").read_text()
+    for machine in MACHINES:
+        assert "trained for the whole dataset" in (run_dir / "synth" / machine / "train.log").read_text()
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert set(predictions["machine"]) == set(MACHINES) and predictions["score"].notna().all()
+
+
 def test_model_refuses_shard_of_other_features(tiny, finished_run, tmp_path) -> None:
     run_dir, _ = finished_run
     other = tmp_path / "processed64"

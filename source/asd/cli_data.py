@@ -108,6 +108,9 @@ def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
             from None
     from asd.run_stages import new_run_dir, train_config_from_options
 
+    if options.get("members") or options.get("model_option"):
+        raise click.UsageError("--members/--model-option are not passed to --scheduler tasks yet; run without "
+                               "--scheduler, or with the model's defaults")
     train = train_config_from_options(options)
     run_dir = options["output_dir"] or new_run_dir(options["model"])
     machines = list(options["machines"]) or None

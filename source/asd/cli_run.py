@@ -45,6 +45,9 @@ def training_options(func):
                      help="Comma-separated machine types (default: all)."),
         click.option("--members", type=COMMA_LIST, default="", show_default=False,
                      help="With --model ensemble: its member models, comma-separated (default: gmm,ae-maha)."),
+        click.option("--model-option", "model_option", multiple=True, metavar="FIELD=VALUE",
+                     help="Set a field of the model's config (repeatable), e.g. --model-option n_networks=3 "
+                          "with --model embed; the fields are listed when one is wrong."),
         click.option("--epochs", default=None, type=EPOCHS,
                      help="Train exactly this many epochs, >= 1 (default: stop early, see --max-epochs)."),
         click.option("--max-epochs", default=None, type=EPOCHS,

@@ -98,19 +98,54 @@ def cross_fitted_false_alarm_rate(normal: np.ndarray, train: TrainConfig, seed: 
     return float(np.mean(rates))
 
 
+def normal_split(shard: Shard, train: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training and held-out clips of a training shard (never an anomaly: training data is normal)."""
+    clips = shard.clips
+    return split_train_validation(clips[clips["label"] != "anomaly"], train.val_fraction, train.seed)
+
+
+def fit_shared(items: list[MachineData], run_dir: Path, model: str, train: TrainConfig,
+               model_options: dict | None = None) -> dict[str, object]:
+    """Networks that models with ``scope="dataset"`` (embed) learn once from every machine type of a
+    dataset trained together, keyed by dataset (empty for every other model). Each machine type's own
+    split is used, so its held-out clips stay unseen. Written to ``<run>/<dataset>/shared_train.log``."""
+    detector = make_detector(model, **(model_options or {}))
+    if not hasattr(detector, "fit_shared") or getattr(detector.config, "scope", "machine") != "dataset":
+        return {}
+    shared: dict[str, object] = {}
+    for dataset in sorted({item.dataset for item in items}):
+        group = [item for item in items if item.dataset == dataset and item.train is not None]
+        if len(group) < 2:  # one machine type trains its own network in `fit`, which is the same thing
+            continue
+        shards = [Shard(item.train) for item in group]
+        parts = [(item.machine, shard, *normal_split(shard, train)) for item, shard in zip(group, shards, strict=True)]
+        (Path(run_dir) / dataset).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir) / dataset / "shared_train.log", "w") as log_file:
+            def log(line: str) -> None:
+                log_file.write(line + "\n")
+                log_file.flush()
+
+            log(f"{dataset}: model {model}, one network for {', '.join(item.machine for item in group)}")
+            shared[dataset] = detector.fit_shared(parts, train, log)
+        for shard in shards:
+            shard.close()
+    return shared
+
+
 def train_machine(item: MachineData, run_dir: Path, model: str, train: TrainConfig,
-                  model_options: dict | None = None) -> list[dict]:
+                  model_options: dict | None = None, shared: object | None = None) -> list[dict]:
     """Fit a detector on the machine's training shard; save it with its thresholds; return threshold rows.
-    `model_options` override fields of the model's config (e.g. the ensemble's `members`)."""
+    `model_options` override fields of the model's config (e.g. the ensemble's `members`); `shared` is
+    what `fit_shared` trained for the machine's dataset, if anything."""
     if item.train is None:
         raise BadState(f"{item.key}: no train.h5 shard; run data_prep on its train/ folder")
     out = machine_dir(run_dir, item)
     out.mkdir(parents=True, exist_ok=True)
     shard = Shard(item.train)
-    clips = shard.clips
-    normal = clips[clips["label"] != "anomaly"]  # training data is normal by definition; never learn anomalies
-    train_clips, val_clips = split_train_validation(normal, train.val_fraction, train.seed)
+    train_clips, val_clips = normal_split(shard, train)
     detector = make_detector(model, **(model_options or {}))
+    if shared is not None:
+        detector.shared_ = shared
     start = time.perf_counter()
     with open(out / "train.log", "w") as log_file:
         def log(line: str) -> None:

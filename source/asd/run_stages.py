@@ -71,20 +71,77 @@ def train_config_from_options(options: dict):
                        min_delta=options.get("min_delta", 0.005), threads=options.get("threads", 0))
 
 
-def model_options_from(options: dict) -> dict:
-    """Model config overrides from the command line: `--members` (ensemble only)."""
-    members = tuple(options.get("members") or ())
-    if members and options["model"] != "ensemble":
-        raise BadInput(f"--members applies to --model ensemble, not --model {options['model']}")
-    if not members:
-        return {}
-    from asd.models.ensemble import EnsembleDetectorConfig
+def _parse_model_option(text: str, fields: dict) -> tuple[str, object]:
+    """`FIELD=VALUE` -> (field, value converted to the field's type); BadInput naming what is wrong."""
+    import dataclasses
+    import json
 
+    name, sep, raw = str(text).partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in fields:
+        raise BadInput(f"--model-option {text!r}: expected FIELD=VALUE with FIELD one of "
+                       f"{', '.join(sorted(fields))}")
+    default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
     try:
-        EnsembleDetectorConfig(members=members)
-    except ValueError as err:
-        raise BadInput(f"--members: {err}") from None
-    return {"members": members}
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("expected true or false")
+            return name, raw.lower() in ("true", "1", "yes")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            return name, type(default)(json.loads(raw))
+        if isinstance(default, tuple):
+            return name, tuple(json.loads(f"[{raw}]")) if raw.strip() else ()
+        return name, raw if default is None or isinstance(default, str) else json.loads(raw)
+    except (ValueError, TypeError) as err:
+        raise BadInput(f"--model-option {text!r}: {err}") from None
+
+
+def model_options_from(options: dict) -> dict:
+    """Model config overrides from the command line: `--members` (ensemble only) and `--model-option`,
+    checked against the model's config before any work."""
+    import dataclasses
+
+    from asd.models.registry import make_detector
+
+    model = options["model"]
+    members = tuple(options.get("members") or ())
+    if members and model != "ensemble":
+        raise BadInput(f"--members applies to --model ensemble, not --model {model}")
+    overrides: dict = {"members": members} if members else {}
+    if options.get("model_option"):
+        config_class = make_detector(model).config_class
+        fields = {f.name: f for f in dataclasses.fields(config_class)}
+        overrides.update(_parse_model_option(text, fields) for text in options["model_option"])
+    if not overrides:
+        return {}
+    try:
+        make_detector(model, **overrides)
+    except (ValueError, TypeError) as err:
+        flag = "--members" if set(overrides) == {"members"} else "--model-option"
+        raise BadInput(f"{flag}: {err}") from None
+    return overrides
+
+
+def _fit_shared_checked(items, run_dir: Path, model: str, train, model_options: dict) -> dict:
+    """What `pipeline.fit_shared` trains across machine types, from the shards that pass their checks
+    (a damaged one is reported when its own turn comes)."""
+    from asd.pipeline import fit_shared
+    from asd.run_checks import check_shard
+
+    usable = []
+    for item in items:
+        try:
+            if item.train is not None:
+                check_shard(item.train)
+                usable.append(item)
+        except AsdError:
+            continue
+    start = time.perf_counter()
+    shared = fit_shared(usable, run_dir, model, train, model_options)
+    for dataset in shared:
+        click.echo(f"  {dataset}: one network for its machine types in {time.perf_counter() - start:.1f} s "
+                   f"(log: {run_dir / dataset / 'shared_train.log'})")
+    return shared
 
 
 def train_stage(options: dict, command: str) -> StageOutcome:
@@ -97,11 +154,11 @@ def train_stage(options: dict, command: str) -> StageOutcome:
     from asd.run_checks import check_shard, remove_partial_files
 
     model, epochs = options["model"], options["epochs"]
+    model_options = model_options_from(options)  # before anything else: a wrong field costs nothing
     items = _discover_checked(options["processed_dir"], options["machines"])
     device = resolve_device(options["device"])  # BadInput before any work when no GPU is there
     run_dir = check_writable_dir(options["output_dir"] or new_run_dir(model), "--output-dir")
     train = train_config_from_options(options)
-    model_options = model_options_from(options)
     used_epochs = epochs or getattr(make_detector(model, **model_options).config, "epochs", None)
     write_config(run_dir, {**train_config_record(train, model, options["processed_dir"], model_options),
                            "machines": list(options["machines"]), "failed": {},
@@ -111,6 +168,7 @@ def train_stage(options: dict, command: str) -> StageOutcome:
                                                    "choose one"})
     click.echo(f"training {model} on {len(items)} machine type(s) -> {run_dir}")
     outcome, rows = StageOutcome(run_dir), []
+    shared = _fit_shared_checked(items, run_dir, model, train, model_options)
     for item in items:
         if item.train is None:
             outcome.fail(item.key, "train", f"no train.h5 shard (no training clips); put normal clips in "
@@ -120,7 +178,7 @@ def train_stage(options: dict, command: str) -> StageOutcome:
         try:
             check_shard(item.train)
             remove_partial_files(machine_dir(run_dir, item))  # left by a run killed while saving
-            machine_rows = train_machine(item, run_dir, model, train, model_options)
+            machine_rows = train_machine(item, run_dir, model, train, model_options, shared.get(item.dataset))
         except AsdError as err:
             outcome.fail(item.key, "train", err)
             continue

@@ -72,6 +72,10 @@ def copy_processed(data: dict[str, Path], tmp_path: Path) -> Path:
     (["--device", "gpu"], "--device", "auto, cpu, cuda or cuda:N"),
     (["--model", "resnet"], "--model", "'ae', 'ae-maha', 'embed'"),
     (["--aggregate", "sum"], "--aggregate", "'mean', 'max', 'median', 'p90'"),
+    (["--model-option", "colour=red"], "--model-option", "FIELD one of"),
+    (["--model", "embed", "--model-option", "n_networks=0"], "--model-option", "n_networks must be >= 1"),
+    (["--model", "embed", "--model-option", "n_networks=two"], "--model-option", "n_networks=two"),
+    (["--model", "gmm", "--members", "gmm,ae"], "--members", "--model ensemble"),
 ])
 def test_bad_option_is_refused_before_any_work(tmp_path, args, option, allowed) -> None:
     out = tmp_path / "run"

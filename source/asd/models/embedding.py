@@ -1,38 +1,40 @@
-"""Discriminative embeddings + nearest-neighbour scoring: the state-of-the-art recipe of SPEC §6.
+"""Discriminative embeddings + domain-aware nearest neighbours: the recipe of the best from-scratch DCASE
+systems (SPEC §6).
 
-Training: a compact CNN (:class:`~asd.models.embedding_net.EmbeddingNet`) learns to tell apart the free
-auxiliary classes of one machine type's normal clips (section x attribute x domain, see
-:mod:`asd.models.embedding_data`) with an angular-margin head, mixup, class-balancing loss weights and a
-self-supervised spectral-shift task that keeps something to learn even with a single class.
+Training (:mod:`asd.models.embedding_train`): a compact CNN learns to tell apart the free auxiliary
+classes of the normal clips (machine type x section x attribute x domain) from random crops of whole-clip
+log-mels. With ``scope="dataset"`` (the default) one network is trained for all machine types of a
+dataset that are trained together, so the embedding learns from every type's classes; the train stage
+calls :meth:`EmbeddingDetector.fit_shared` once and hands the networks to each machine type's detector.
+``n_networks > 1`` trains that many networks with different seeds (a seed ensemble).
 
-Scoring: the embedding of each segment is compared with the embeddings of the normal training segments
-by cosine k-NN, against the source and the target bank separately, combined so that one threshold serves
-both domains (:class:`~asd.models.knn.KnnCosineScorer`). A segment's score is that distance; the base
-class reduces segments to clips. ``level="clip"`` instead scores the mean embedding of each clip.
+Scoring: each clip is embedded whole (or as the mean of ``score_frames`` windows) and compared with its
+section's normal clips by :class:`~asd.models.knn_domain.DomainKnn` (k-means source centroids, every
+target clip, each domain standardised on its own held-out normal clips). An ensemble averages the
+standardised scores of its networks. The score is per clip; every segment of a clip carries it.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from asd.data import iterate_in_order, segment_rows_of, stream_segments
-from asd.detector import Detector, TrainConfig
-from asd.models.augment import mixup
-from asd.models.embedding_data import augmented_labels, build_class_table, class_of_clips, class_weights
-from asd.models.embedding_net import EmbeddingNet, EmbeddingNetConfig
-from asd.models.knn import COMBINES, KnnCosineScorer
-from asd.models.margin_heads import AdaCosHead, ArcFaceHead, SubClusterAdaCosHead, soft_cross_entropy
+from asd.detector import Detector, TrainConfig, resolve_device
+from asd.models.clip_crops import load_clip_frames, windows
+from asd.models.embedding_data import clip_class_names
+from asd.models.embedding_net import EmbeddingNet
+from asd.models.embedding_train import LabelledClips, build_network, train_network
+from asd.models.knn_domain import DomainKnn
+from asd.models.training import set_threads
 from asd.shard import Shard
 
 HEADS = ("subcluster_adacos", "adacos", "arcface")
-LEVELS = ("segment", "clip")
+SCOPES = ("dataset", "machine")
+SCORE_BATCH_FRAMES = 16384  # frames per forward pass when scoring (~8 whole 10 s clips)
 
 
 @dataclass(frozen=True)
@@ -49,193 +51,176 @@ class EmbeddingDetectorConfig:
     mixup_alpha: float = 1.0  # Beta(alpha, alpha) mixing weights; 0 disables mixup
     balance_power: float = 0.5  # class loss weights (mean count / count) ** power
     epochs: int = 8
-    batch_size: int = 64
+    batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    k: int = 1  # nearest neighbours averaged per bank
-    combine: str = "min"  # "min" or "normalized" (see asd.models.knn)
-    level: str = "segment"  # "segment": score each segment; "clip": score each clip's mean embedding
+    crop_frames: int = 128  # training input: random crops of this many frames (~4 s; 32 = one segment)
+    crops_per_clip: int = 3  # crops drawn from every clip per epoch
+    score_frames: int = 0  # scoring input: 0 = the whole clip; else mean embedding of windows this long
+    time_pool: str = "mean"  # how the network pools time: "mean", "max" or "meanmax" (asd.models.embedding_net)
+    input_norm: bool = True  # the network removes each input's overall level first
+    n_source_centroids: int = 16  # k-means centroids that stand for a section's source clips
+    n_networks: int = 1  # seed ensemble: networks trained with different seeds, scores averaged
+    scope: str = "dataset"  # "dataset": one network for all machine types trained together; "machine"
 
     def __post_init__(self) -> None:
         # Checkpoints and JSON configs give lists back; keep the dataclass hashable.
         object.__setattr__(self, "aux_shifts", tuple(int(s) for s in self.aux_shifts))
-        for field_name, value, allowed in (("head", self.head, HEADS), ("combine", self.combine, COMBINES),
-                                           ("level", self.level, LEVELS)):
+        for field_name, value, allowed in (("head", self.head, HEADS), ("scope", self.scope, SCOPES)):
             if value not in allowed:
                 raise ValueError(f"{field_name} must be one of {allowed}, not {value!r}")
         if not self.aux_shifts:
             raise ValueError("aux_shifts needs at least one entry; (0,) disables the auxiliary task")
+        for name in ("epochs", "batch_size", "crops_per_clip", "n_source_centroids", "n_networks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_frames < 8 or (self.score_frames and self.score_frames < 8):
+            raise ValueError("crop_frames (and score_frames unless 0) must be at least 8 frames")
+
+
+@dataclass
+class SharedNetworks:
+    """Networks trained once for several machine types (``scope="dataset"``), with their class table."""
+
+    networks: list[EmbeddingNet]
+    class_names: list[str]
+    history: list[dict] = field(default_factory=list)
+
+
+def _labelled(frames: list[np.ndarray], names: np.ndarray, table: list[str]) -> LabelledClips:
+    """The clips whose class is in `table`, labelled by their index there."""
+    lookup = {name: i for i, name in enumerate(table)}
+    keep = [i for i, name in enumerate(names) if name in lookup]
+    return LabelledClips([frames[i] for i in keep], np.asarray([lookup[names[i]] for i in keep], dtype=np.int64))
+
+
+def _train_networks(parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], cfg: EmbeddingDetectorConfig,
+                    train: TrainConfig, device: torch.device, log: Callable[[str], None]) -> SharedNetworks:
+    """Train ``cfg.n_networks`` networks on the normal clips of one or more (prefix, shard, train clips,
+    held-out clips); class names are prefixed so that machine types never share a class."""
+    train_frames, train_names, val_frames, val_names = [], [], [], []
+    for prefix, shard, train_clips, val_clips in parts:
+        names = np.char.add(prefix, clip_class_names(shard.clips))
+        train_frames += load_clip_frames(shard, train_clips)
+        train_names += names[train_clips].tolist()
+        val_frames += load_clip_frames(shard, val_clips)
+        val_names += names[val_clips].tolist()
+    table = sorted(set(train_names))
+    train_set = _labelled(train_frames, np.asarray(train_names), table)
+    val_set = _labelled(val_frames, np.asarray(val_names), table)  # classes never trained: no val loss
+    counts = np.bincount(train_set.labels, minlength=len(table))
+    log(f"{len(table)} classes x {len(cfg.aux_shifts)} shifts, {len(train_set)} training clips; clips per "
+        "class: " + ", ".join(f"{name}={n}" for name, n in zip(table, counts, strict=True)))
+    if len(table) * len(cfg.aux_shifts) == 1:
+        log("warning: one class and no shift task: nothing to learn, the k-NN uses untrained embeddings")
+    epochs = train.epochs or cfg.epochs
+    networks, history = [], []
+    for i in range(cfg.n_networks):
+        seed = train.seed + 1000 * i
+        network, losses = train_network(train_set, val_set, len(table), cfg, epochs, seed, device, log,
+                                        desc=f"embed network {i + 1}/{cfg.n_networks}")
+        networks.append(network)
+        history = history or losses  # the first network's curves stand for the ensemble in loss.png
+    return SharedNetworks(networks, table, history)
 
 
 class EmbeddingDetector(Detector):
-    """Angular-margin embeddings + cosine k-NN. Fitted state: `network_`, `head_`, `knn_`, `class_names_`."""
+    """Angular-margin embeddings + domain-aware k-NN. Fitted state: `networks_`, `knns_`, `class_names_`;
+    `shared_` holds networks trained for several machine types before `fit` (see `fit_shared`)."""
 
     name = "embed"
     config_class = EmbeddingDetectorConfig
 
     def __init__(self, config: EmbeddingDetectorConfig = EmbeddingDetectorConfig()) -> None:
         super().__init__(config)
-        self.network_: EmbeddingNet | None = None
-        self.head_: nn.Module | None = None
-        self.knn_: KnnCosineScorer | None = None
+        self.networks_: list[EmbeddingNet] = []
+        self.knns_: list[DomainKnn] = []
         self.class_names_: list[str] = []
+        self.shared_: SharedNetworks | None = None
 
-    # --- building blocks ---------------------------------------------------------------------------
-    def _build(self, n_mels: int, n_classes: int) -> tuple[EmbeddingNet, nn.Module]:
-        cfg = self.config
-        network = EmbeddingNet(EmbeddingNetConfig(n_mels=n_mels, embedding_dim=cfg.embedding_dim))
-        n_labels = n_classes * len(cfg.aux_shifts)
-        if cfg.head == "subcluster_adacos":
-            head: nn.Module = SubClusterAdaCosHead(cfg.embedding_dim, n_labels, cfg.n_subclusters)
-        elif cfg.head == "adacos":
-            head = AdaCosHead(cfg.embedding_dim, n_labels)
-        else:
-            head = ArcFaceHead(cfg.embedding_dim, n_labels, cfg.arcface_scale, cfg.arcface_margin)
-        return network, head
+    def fit_shared(self, parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], train: TrainConfig,
+                   log: Callable[[str], None] = print) -> SharedNetworks:
+        """Train the networks once on several machine types: ``parts`` are (name, training shard, training
+        clips, held-out clips). Give the result to each machine type's detector as ``shared_``."""
+        set_threads(train.threads)
+        parts = [(f"{name}/", shard, train_clips, val_clips) for name, shard, train_clips, val_clips in parts]
+        return _train_networks(parts, self.config, train, resolve_device(train.device), log)
 
+    # --- embedding ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def _embed(self, shard: Shard, rows: np.ndarray, device: torch.device) -> np.ndarray:
-        """Unit-length embeddings of sorted segment rows, ``[len(rows), embedding_dim]`` float32."""
-        network = self.network_.to(device).eval()
-        out = [network(torch.from_numpy(mels).to(device), normalize=True).cpu().numpy()
-               for mels, _ in iterate_in_order(shard, rows)]
-        return np.concatenate(out) if out else np.zeros((0, self.config.embedding_dim), np.float32)
+    def _embed(self, network: EmbeddingNet, clips: list[np.ndarray], device: torch.device) -> np.ndarray:
+        """Unit-length embedding of each whole clip ``[len(clips), D]``: the mean of its windows' embeddings.
+        Windows of the same shape from consecutive clips share a forward pass."""
+        network = network.to(device).eval()
+        sums = np.zeros((len(clips), self.config.embedding_dim), dtype=np.float64)
+        pending: list[tuple[int, np.ndarray]] = []
 
-    @staticmethod
-    def _clip_means(embeddings: np.ndarray, clip_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean embedding per clip (unique clips, sorted) and the index of each row's clip in that list."""
-        clips, inverse = np.unique(clip_of_row, return_inverse=True)
-        sums = np.zeros((len(clips), embeddings.shape[1]), dtype=np.float64)
-        np.add.at(sums, inverse, embeddings)
-        return (sums / np.bincount(inverse)[:, None]).astype(np.float32), inverse
+        def flush() -> None:
+            batch = torch.from_numpy(np.concatenate([w for _, w in pending])).to(device)
+            out, first = network(batch, normalize=True).cpu().numpy(), 0
+            for clip, w in pending:
+                sums[clip] = out[first:first + len(w)].mean(axis=0)
+                first += len(w)
+            pending.clear()
+
+        for i, frames in enumerate(clips):
+            cut = windows(frames, self.config.score_frames)
+            if pending and (pending[0][1].shape[1:] != cut.shape[1:]
+                            or sum(len(w) for _, w in pending) * cut.shape[2] >= SCORE_BATCH_FRAMES):
+                flush()
+            pending.append((i, cut))
+        if pending:
+            flush()
+        network.cpu()
+        return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     # --- training ----------------------------------------------------------------------------------
     def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
              device: torch.device, log) -> None:
-        from tqdm.auto import tqdm
-
-        cfg = self.config
-        clips = shard.clips
-        self.class_names_ = build_class_table(clips, train_clips)
-        n_classes, n_shifts = len(self.class_names_), len(cfg.aux_shifts)
-        class_of_clip = class_of_clips(clips, self.class_names_)
-        clip_of_row = shard.segments["clip_index"].to_numpy()
-        train_rows = segment_rows_of(shard, train_clips)
-        val_rows = segment_rows_of(shard, val_clips)
-        val_rows = val_rows[class_of_clip[clip_of_row[val_rows]] >= 0]  # classes never trained: no val loss
-        counts = np.bincount(class_of_clip[clip_of_row[train_rows]], minlength=n_classes)
-        # One weight per (class, shift) label; a mixed sample's weight is its soft label times this.
-        label_weight = torch.from_numpy(np.repeat(class_weights(counts, cfg.balance_power), n_shifts)).float()
-        log(f"{n_classes} classes x {n_shifts} shifts; segments per class: "
-            + ", ".join(f"{name}={n}" for name, n in zip(self.class_names_, counts, strict=True)))
-
-        if n_classes * n_shifts == 1:
-            log("warning: one class and no shift task: nothing to learn, the k-NN uses untrained embeddings")
-        network, head = self._build(shard.feature_config.n_mels, n_classes)
-        network.to(device)
-        head.to(device)
-        label_weight = label_weight.to(device)
-        optimizer = torch.optim.AdamW([*network.parameters(), *head.parameters()], lr=cfg.learning_rate,
-                                      weight_decay=cfg.weight_decay)
-        epochs = train.epochs or cfg.epochs
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        rng = np.random.default_rng(train.seed)
-        generator = torch.Generator().manual_seed(train.seed)
-        # Validation loss: unshifted held-out segments (label = class x the zero shift, if there is one).
-        zero = cfg.aux_shifts.index(0) if 0 in cfg.aux_shifts else None
-        val_labels = None if zero is None else class_of_clip[clip_of_row[val_rows]] * n_shifts + zero
-        bar = tqdm(range(epochs), desc=f"train embed {shard.machine}", unit="epoch", leave=False)
-        for epoch in bar:
-            start = time.perf_counter()
-            network.train()
-            head.train()
-            total, count = 0.0, 0
-            for mels, rows in stream_segments(shard, train_rows, rng):
-                x_all = torch.from_numpy(mels)
-                y_all = torch.from_numpy(class_of_clip[clip_of_row[rows]])
-                for first in range(0, len(rows), cfg.batch_size):
-                    x, classes = x_all[first:first + cfg.batch_size], y_all[first:first + cfg.batch_size]
-                    if len(x) < 2:  # BatchNorm needs two samples
-                        continue
-                    x, labels = augmented_labels(x, classes, cfg.aux_shifts, generator)
-                    x, soft = mixup(x, F.one_hot(labels, n_classes * n_shifts).float(), cfg.mixup_alpha,
-                                    generator)
-                    x, soft = x.to(device), soft.to(device)
-                    weight = soft @ label_weight
-                    per_sample = soft_cross_entropy(head(network(x), soft), soft, reduction="none")
-                    loss = (per_sample * weight).sum() / weight.sum()
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(x)
-                    count += len(x)
-            schedule.step()
-            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
-            if len(val_rows):
-                record["val_loss"] = self._val_loss(network, head, shard, val_rows, val_labels, device)
-            self.history_.append(record)  # losses only: every numeric key becomes a curve in loss.png
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
-            log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-                + f" seconds={time.perf_counter() - start:.1f}")
-        self.network_, self.head_ = network.cpu().eval(), head.cpu().eval()
-        self.knn_ = self._fit_knn(shard, train_rows, clip_of_row, device, train.seed)
-
-    @torch.no_grad()
-    def _val_loss(self, network: EmbeddingNet, head: nn.Module, shard: Shard, rows: np.ndarray,
-                  labels: np.ndarray | None, device: torch.device) -> float:
-        """Cross-entropy (without margin) of the unshifted held-out segments; NaN without a 0 shift."""
-        if labels is None:
-            return float("nan")
-        network.eval()
-        head.eval()
-        total = 0.0
-        for mels, chosen in iterate_in_order(shard, rows):
-            logits = head.logits_without_margin(network(torch.from_numpy(mels).to(device)))
-            target = torch.from_numpy(labels[np.searchsorted(rows, chosen)]).to(device)
-            total += F.cross_entropy(logits, target, reduction="sum").item()
-        return total / len(rows)
-
-    def _fit_knn(self, shard: Shard, rows: np.ndarray, clip_of_row: np.ndarray, device: torch.device,
-                 seed: int) -> KnnCosineScorer:
-        """The normal banks: training segment (or clip-mean) embeddings, split by domain."""
-        embeddings = self._embed(shard, rows, device)
-        groups = clip_of_row[rows]
-        if self.config.level == "clip":
-            embeddings, _ = self._clip_means(embeddings, groups)
-            groups = np.unique(groups)
-        domains = np.where(shard.clips["domain"].to_numpy()[groups] == "target", "target", "source")
-        return KnnCosineScorer(k=self.config.k, combine=self.config.combine, seed=seed).fit(
-            embeddings, domains, groups)
+        set_threads(train.threads)
+        if self.shared_ is None:
+            if self.config.scope == "dataset":
+                log("scope dataset: no networks were trained for the whole dataset (a single machine type, "
+                    "or a scheduler that trains machine types apart); training on this machine type alone")
+            shared = _train_networks([("", shard, train_clips, val_clips)], self.config, train, device, log)
+        else:
+            shared = self.shared_
+            log(f"using {len(shared.networks)} network(s) trained for the whole dataset "
+                f"({len(shared.class_names)} classes)")
+        self.networks_, self.class_names_, self.history_ = shared.networks, shared.class_names, shared.history
+        frames = load_clip_frames(shard, train_clips)
+        table = shard.clips.loc[train_clips]
+        self.knns_ = [DomainKnn(self.config.n_source_centroids, seed=train.seed).fit(
+            self._embed(network, frames, device), table["section"].to_numpy(), table["domain"].to_numpy())
+            for network in self.networks_]
 
     # --- scoring -----------------------------------------------------------------------------------
-    @torch.no_grad()
+    def score_clip_frames(self, clips: list[np.ndarray], sections: np.ndarray, device: torch.device) -> np.ndarray:
+        """Anomaly score of each whole-clip log-mel: the mean over the networks of the standardised
+        distance to the section's normal clips."""
+        return np.mean([knn.score(self._embed(network, clips, device), sections)
+                        for network, knn in zip(self.networks_, self.knns_, strict=True)], axis=0)
+
     def _score_rows(self, shard: Shard, rows: np.ndarray, device: torch.device) -> np.ndarray:
-        embeddings = self._embed(shard, rows, device)
-        if self.config.level == "segment":
-            return self.knn_.score(embeddings)
-        # Every segment of a clip gets its clip's score, so any reducer returns the clip score.
-        means, inverse = self._clip_means(embeddings, shard.segments["clip_index"].to_numpy()[rows])
-        return self.knn_.score(means)[inverse]
+        clip_of_row = shard.segments["clip_index"].to_numpy()[rows]
+        clips, inverse = np.unique(clip_of_row, return_inverse=True)
+        sections = shard.clips["section"].to_numpy()[clips]
+        scores = np.empty(len(clips))
+        for first in range(0, len(clips), 256):  # bounded memory on large test shards
+            part = slice(first, first + 256)
+            scores[part] = self.score_clip_frames(load_clip_frames(shard, clips[part]), sections[part], device)
+        return scores[inverse]  # every segment carries its clip's score, so any reducer returns it
 
     # --- checkpoint --------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        knn = self.knn_.state_dict()
-        return {
-            "network": self.network_.state_dict(),
-            "head": self.head_.state_dict(),
-            "knn": {key: torch.from_numpy(np.asarray(value)) for key, value in knn.items()
-                    if key != "combine"},
-            "knn_combine": str(knn["combine"]),
-            "class_names": list(self.class_names_),
-        }
+        return {"networks": [network.state_dict() for network in self.networks_],
+                "knns": [knn.state() for knn in self.knns_], "class_names": list(self.class_names_)}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.class_names_ = list(state["class_names"])
-        self.network_, self.head_ = self._build(int(self.feature_config_["n_mels"]), len(self.class_names_))
-        self.network_.load_state_dict(state["network"])
-        self.head_.load_state_dict(state["head"])
-        self.network_.eval()
-        self.head_.eval()
-        knn = {key: value.numpy() for key, value in state["knn"].items()}
-        knn["combine"] = state["knn_combine"]
-        self.knn_ = KnnCosineScorer.from_state(knn)
+        self.networks_ = []
+        for weights in state["networks"]:
+            network = build_network(self.config, int(self.feature_config_["n_mels"]))
+            network.load_state_dict(weights)
+            self.networks_.append(network.eval())
+        self.knns_ = [DomainKnn.from_state(knn) for knn in state["knns"]]

@@ -1,7 +1,8 @@
 """Labels and augmentation for the embedding detector: the auxiliary class table, class-balancing weights
 and the self-supervised spectral-shift task.
 
-Classes are section x attribute string x domain, read from a shard's clip table. Where attributes are
+Classes are section x attribute string x domain, read from a shard's clip table (the detector prefixes the
+machine type when one network learns several). Where attributes are
 hidden (``noAttribute``) or absent (``""``) they fall back to section x domain. On top of that every
 training segment is shifted along the mel axis by one of K fixed amounts and the network must also tell
 *which* shift was applied (labels are ``class * K + shift``). Why this task: it costs one ``torch.roll``
@@ -32,17 +33,6 @@ def clip_class_names(clips: pd.DataFrame) -> np.ndarray:
     """The class name of every clip of a clip table (same order)."""
     return np.asarray([class_name(str(s), str(a), str(d)) for s, a, d in
                        zip(clips["section"], clips["attributes"], clips["domain"], strict=True)])
-
-
-def build_class_table(clips: pd.DataFrame, train_clips: np.ndarray) -> list[str]:
-    """Sorted class names present among the training clips (the order is the label index)."""
-    return sorted(set(clip_class_names(clips.loc[train_clips]).tolist()))
-
-
-def class_of_clips(clips: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """Label index of every clip of the table; -1 where the clip's class is not in `names`."""
-    lookup = {name: i for i, name in enumerate(names)}
-    return np.asarray([lookup.get(name, -1) for name in clip_class_names(clips)], dtype=np.int64)
 
 
 def class_weights(counts: np.ndarray, power: float) -> np.ndarray:

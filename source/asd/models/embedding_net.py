@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+TIME_POOLS = ("mean", "max", "meanmax")
+
 
 @dataclass(frozen=True)
 class EmbeddingNetConfig:
@@ -38,6 +40,15 @@ class EmbeddingNetConfig:
     stem_stride: tuple[int, int] = (2, 1)
     dropout: float = 0.0
     input_norm: bool = True
+    # How the time axis is pooled: "mean" (steady sounds), "max" (keeps short events such as a bearing's
+    # knocks, which a mean over 10 s dilutes), or "meanmax" (both, concatenated).
+    time_pool: str = "mean"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "strides", tuple(tuple(s) for s in self.strides))
+        if self.time_pool not in TIME_POOLS:
+            raise ValueError(f"time_pool must be one of {TIME_POOLS}, not {self.time_pool!r}")
 
 
 class ResidualBlock(nn.Module):
@@ -92,7 +103,8 @@ class EmbeddingNet(nn.Module):
         self.n_freq_out = n_freq
         self.dropout = nn.Dropout(cfg.dropout)
         # Frequency-aware head: one weight per (channel, frequency band) after pooling over time.
-        self.projection = nn.Linear(cfg.channels[-1] * n_freq, cfg.embedding_dim, bias=False)
+        pooled_width = cfg.channels[-1] * n_freq * (2 if cfg.time_pool == "meanmax" else 1)
+        self.projection = nn.Linear(pooled_width, cfg.embedding_dim, bias=False)
         self.output_bn = nn.BatchNorm1d(cfg.embedding_dim)
 
     def forward(self, x: Tensor, normalize: bool = False) -> Tensor:
@@ -106,9 +118,16 @@ class EmbeddingNet(nn.Module):
             x = (x - mean) / (std + 1e-5)
         x = self.input_bn(x)
         h = self.blocks(self.stem(x.unsqueeze(1)))  # [B, C, F', T']
-        h = h.mean(dim=3).flatten(1)  # pool over time only -> [B, C * F']
+        h = self._pool_time(h).flatten(1)  # pool over time only -> [B, C, F'] -> [B, C * F'] (x2: meanmax)
         emb = self.output_bn(self.projection(self.dropout(h)))
         return F.normalize(emb, dim=1) if normalize else emb
+
+    def _pool_time(self, h: Tensor) -> Tensor:
+        if self.config.time_pool == "mean":
+            return h.mean(dim=3)
+        if self.config.time_pool == "max":
+            return h.amax(dim=3)
+        return torch.cat([h.mean(dim=3), h.amax(dim=3)], dim=1)
 
     def n_parameters(self) -> int:
         """Number of trainable parameters."""

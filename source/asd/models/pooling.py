@@ -31,17 +31,27 @@ def gwrp_pool(frames: np.ndarray, rs: tuple[float, ...]) -> np.ndarray:
     return weights @ ranked.T
 
 
-def _frames_of_clip(mels: np.ndarray, starts: np.ndarray, hop_length: int) -> np.ndarray:
+def _frames_of_clip(mels: np.ndarray, first: np.ndarray) -> np.ndarray:
     """Join a clip's segment log-mels ``[n_seg, n_mels, n_frames]`` into ``[n_mels, T]``, keeping each
     frame once: overlapping segments (hop shorter than a segment, or the end-aligned last segment) would
-    otherwise count the same moment twice. Frame ``j`` of a segment starting at sample ``s`` is taken as
-    frame ``round(s / hop_length) + j`` of the clip."""
+    otherwise count the same moment twice. Frame ``j`` of a segment whose first frame is ``first`` is
+    frame ``first + j`` of the clip."""
     n_frames = mels.shape[2]
-    first = np.rint(np.asarray(starts) / hop_length).astype(np.int64)
     index = (first[:, None] + np.arange(n_frames)[None, :]).ravel()
     flat = np.transpose(mels, (1, 0, 2)).reshape(mels.shape[1], -1)  # [n_mels, n_seg * n_frames]
     _, keep = np.unique(index, return_index=True)
     return flat[:, np.sort(keep)]
+
+
+def _first_frames(shard: Shard) -> np.ndarray:
+    """Each segment row's first frame in its clip's log-mel: the stored ``first_frame``, or, where a shard
+    does not know it (-1), the frame nearest to the segment's start."""
+    segments = shard.segments
+    estimate = np.rint(segments["start_sample"].to_numpy() / shard.feature_config.hop_length).astype(np.int64)
+    if "first_frame" not in segments:
+        return estimate
+    stored = segments["first_frame"].to_numpy().astype(np.int64)
+    return np.where(stored >= 0, stored, estimate)
 
 
 def iterate_row_clip_frames(shard: Shard, rows: np.ndarray,
@@ -49,8 +59,7 @@ def iterate_row_clip_frames(shard: Shard, rows: np.ndarray,
     """``(clip index, [n_mels, T] frames)`` for every clip of the given sorted segment rows (which must hold
     whole clips), in file order; memory bounded by one batch of segments plus one clip."""
     clip_of_row = shard.segments["clip_index"].to_numpy()
-    start_of_row = shard.segments["start_sample"].to_numpy()
-    hop = shard.feature_config.hop_length
+    first_of_row = _first_frames(shard)
     pending_clip, pending_mels, pending_rows = None, [], []
     for mels, chosen in iterate_in_order(shard, rows, batch_segments):
         clips = clip_of_row[chosen]
@@ -58,14 +67,14 @@ def iterate_row_clip_frames(shard: Shard, rows: np.ndarray,
             mask = clips == clip
             if pending_clip is not None and clip != pending_clip:
                 yield int(pending_clip), _frames_of_clip(np.concatenate(pending_mels),
-                                                         start_of_row[np.concatenate(pending_rows)], hop)
+                                                         first_of_row[np.concatenate(pending_rows)])
                 pending_mels, pending_rows = [], []
             pending_clip = clip
             pending_mels.append(mels[mask])
             pending_rows.append(chosen[mask])
     if pending_clip is not None:
         yield int(pending_clip), _frames_of_clip(np.concatenate(pending_mels),
-                                                 start_of_row[np.concatenate(pending_rows)], hop)
+                                                 first_of_row[np.concatenate(pending_rows)])
 
 
 def pooled_features(shard: Shard, rows: np.ndarray, rs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,107 @@
+"""The embedding model's inputs and scorer: whole-clip log-mels rebuilt from the cache, crops and windows,
+and the domain-aware nearest-neighbour scorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asd.audio import read_clip
+from asd.features import FeatureConfig, clip_log_mel
+from asd.models.clip_crops import fit_length, load_clip_frames, random_crops, windows
+from asd.models.knn_domain import DomainKnn, nearest_distance
+from asd.prep import PrepConfig, run_prep
+from asd.shard import Shard
+from conftest import write_wav
+
+
+def test_whole_clip_log_mel_is_rebuilt_exactly_from_the_cached_segments(tmp_path: Path) -> None:
+    # 7.3 s: seven whole segments plus an end-aligned tail segment that overlaps the seventh.
+    wav = tmp_path / "raw" / "fan" / "train" / "section_00_source_train_normal_0000_a_1.wav"
+    write_wav(wav, seconds=7.3, seed=4)
+    run_prep(PrepConfig(raw_dir=str(tmp_path / "raw"), out_dir=str(tmp_path / "out"), jobs=1), show_progress=False)
+    shard = Shard(next((tmp_path / "out").rglob("train.h5")))
+    assert shard.clips["n_segments"].iloc[0] == 8
+    (frames,) = load_clip_frames(shard, np.array([0]), dtype=np.float32)
+    expected = clip_log_mel(read_clip(str(wav), FeatureConfig()).samples, FeatureConfig())
+    assert frames.shape == expected.shape
+    np.testing.assert_allclose(frames, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_crops_wrap_short_clips_and_windows_cover_every_frame() -> None:
+    clip = np.arange(10, dtype=np.float16)[None, :].repeat(3, axis=0)
+    assert fit_length(clip, 4, start=5)[0].tolist() == [5, 6, 7, 8]
+    assert fit_length(clip, 13)[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]  # repeated, no silence
+    crops = random_crops([clip, clip[:, :3]], np.array([0, 1, 0]), 4, np.random.default_rng(0))
+    assert crops.shape == (3, 3, 4) and crops.dtype == np.float32
+    assert crops[1, 0].tolist() == [0, 1, 2, 0]
+    for crop in crops[[0, 2]]:  # consecutive frames of the clip
+        assert np.all(np.diff(crop[0]) == 1)
+    cut = windows(clip, 4)
+    assert [w[0, 0] for w in cut] == [0, 4, 6]  # the last window is aligned to the clip's end
+    assert windows(clip, 0).shape == (1, 3, 10)
+
+
+def _sphere(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float) -> np.ndarray:
+    points = centre[None, :] + spread * rng.normal(size=(n, len(centre)))
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def test_nearest_distance_is_the_cosine_distance_to_the_closest_row() -> None:
+    rng = np.random.default_rng(0)
+    queries, bank = _sphere(rng, np.ones(5), 7, 1.0), _sphere(rng, np.ones(5), 9, 1.0)
+    brute = [min(1 - float(q @ b) for b in bank) for q in queries]
+    np.testing.assert_allclose(nearest_distance(queries, bank), brute, rtol=1e-6)
+    leave_one_out = [min(1 - float(q @ b) for j, b in enumerate(queries) if j != i) for i, q in enumerate(queries)]
+    np.testing.assert_allclose(nearest_distance(queries, queries, exclude_self=True), leave_one_out, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def two_domains() -> dict:
+    """400 source clips around one direction, 6 target clips around another, in a 16-d embedding."""
+    rng = np.random.default_rng(1)
+    source_centre, target_centre = np.eye(16)[0], np.eye(16)[1]
+    train = np.concatenate([_sphere(rng, source_centre, 400, 0.15), _sphere(rng, target_centre, 6, 0.15)])
+    domains = np.array(["source"] * 400 + ["target"] * 6)
+    knn = DomainKnn(n_source_centroids=16, seed=0).fit(train, np.array(["00"] * len(train)), domains)
+    test = {"source": _sphere(rng, source_centre, 200, 0.15), "target": _sphere(rng, target_centre, 200, 0.15),
+            "far": _sphere(rng, np.eye(16)[2] + np.eye(16)[3], 50, 0.15)}
+    return {"knn": knn, "test": test}
+
+
+def test_source_bank_is_k_means_centroids_and_every_target_clip_is_kept(two_domains: dict) -> None:
+    knn = two_domains["knn"]
+    assert knn.banks_[("00", "source")].shape == (16, 16)
+    assert knn.banks_[("00", "target")].shape == (6, 16)
+    np.testing.assert_allclose(np.linalg.norm(knn.banks_[("00", "source")], axis=1), 1.0, rtol=1e-5)
+
+
+def test_both_domains_normal_clips_land_on_one_scale(two_domains: dict) -> None:
+    knn, test = two_domains["knn"], two_domains["test"]
+    scores = {name: knn.score(points, np.array(["00"] * len(points))) for name, points in test.items()}
+    # Raw distances to the six target clips are larger than to the sixteen centroids; standardised, the
+    # two domains' normal clips score alike, so one threshold serves both.
+    raw_source = nearest_distance(test["source"], knn.banks_[("00", "source")])
+    raw_target = nearest_distance(test["target"], knn.banks_[("00", "target")])
+    assert np.median(raw_target) > 1.2 * np.median(raw_source)
+    assert abs(np.median(scores["source"]) - np.median(scores["target"])) < 1.0
+    assert scores["far"].min() > max(np.percentile(scores["source"], 99), np.percentile(scores["target"], 99))
+
+
+def test_unknown_section_uses_all_training_clips_and_state_round_trips() -> None:
+    rng = np.random.default_rng(2)
+    train = np.concatenate([_sphere(rng, np.eye(8)[0], 30, 0.1), _sphere(rng, np.eye(8)[1], 30, 0.1)])
+    sections = np.array(["00"] * 30 + ["01"] * 30)
+    knn = DomainKnn(n_source_centroids=4, folds=3).fit(train, sections, np.array(["source"] * 60))
+    query = _sphere(rng, np.eye(8)[1], 5, 0.1)
+    pooled = knn.score(query, np.array(["07"] * 5))
+    np.testing.assert_allclose(pooled, DomainKnn(4, 3).fit(train, np.array(["x"] * 60), ["source"] * 60).score(
+        query, np.array(["x"] * 5)))
+    state = knn.state()
+    torch.save(state, buffer := __import__("io").BytesIO())
+    buffer.seek(0)
+    again = DomainKnn.from_state(torch.load(buffer, weights_only=True))
+    np.testing.assert_array_equal(again.score(query, np.array(["01"] * 5)), knn.score(query, np.array(["01"] * 5)))
