@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from asd.models.autoencoder_net import (
@@ -102,3 +103,20 @@ def test_embedding_net_ignores_input_gain() -> None:
     net = EmbeddingNet().eval()
     x = torch.randn(2, 128, 32)
     assert torch.allclose(net(x), net(2.0 * x + 30.0), atol=1e-4)
+
+
+def test_embedding_net_time_pooling() -> None:
+    # Every pooling gives the embedding size; meanmax feeds both poolings to the projection.
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 48)
+    nets = {}
+    for pool in ("mean", "max", "meanmax"):
+        torch.manual_seed(0)
+        nets[pool] = EmbeddingNet(EmbeddingNetConfig(n_mels=64, embedding_dim=16, time_pool=pool)).eval()
+        assert nets[pool](x).shape == (2, 16)
+    assert nets["meanmax"].projection.in_features == 2 * nets["mean"].projection.in_features
+    h = torch.randn(2, 3, 4, 10)
+    torch.testing.assert_close(nets["max"]._pool_time(h), h.amax(dim=3))
+    torch.testing.assert_close(nets["meanmax"]._pool_time(h), torch.cat([h.mean(dim=3), h.amax(dim=3)], dim=1))
+    with pytest.raises(ValueError, match="time_pool"):
+        EmbeddingNetConfig(time_pool="median")
