@@ -71,7 +71,8 @@ class _Digest:
 
 class _BlockWriter:
     """Stages rows of one big dataset and writes them chunk by chunk (`write_direct_chunk`: no chunk
-    cache, no partial-chunk rewrites), keeping a digest of every row handed to it."""
+    cache, no partial-chunk rewrites), keeping a digest of every row written. The digest runs once per
+    staged block (~8 MB), not once per clip: per-call overhead is the writer thread's, and holds the GIL."""
 
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
@@ -81,10 +82,10 @@ class _BlockWriter:
         self.stage = np.zeros((block_rows, *dataset.shape[1:]), dataset.dtype)
         self.staged = 0  # rows waiting in the stage
         self.written = 0  # rows already on disk (a multiple of chunk_rows until the last write)
+        self.fresh = 0  # first staged row not yet in the digest
         self.digest = _Digest()
 
     def add(self, values: np.ndarray) -> None:
-        self.digest.add(values)
         done = 0
         while done < len(values):
             take = min(len(values) - done, len(self.stage) - self.staged)
@@ -96,21 +97,22 @@ class _BlockWriter:
 
     def _write(self, rows: int) -> None:
         """Write the first `rows` staged rows (whole chunks; the last chunk zero-filled past the end)."""
+        self.digest.add(self.stage[self.fresh:rows])
         end = self.written + rows
         if end > self.dataset.shape[0]:
             self.dataset.resize(end, axis=0)
-        n_chunks = -(-rows // self.chunk_rows)
-        if n_chunks * self.chunk_rows > rows:
-            self.stage[rows:n_chunks * self.chunk_rows] = 0
-        zeros = (0,) * (self.stage.ndim - 1)
+        step = self.chunk_rows
+        n_chunks = -(-rows // step)
+        if n_chunks * step > rows:
+            self.stage[rows:n_chunks * step] = 0
+        zeros, write = (0,) * (self.stage.ndim - 1), self.dataset.id.write_direct_chunk
         for k in range(n_chunks):
-            part = self.stage[k * self.chunk_rows:(k + 1) * self.chunk_rows]
-            self.dataset.id.write_direct_chunk((self.written + k * self.chunk_rows, *zeros), part)
-        kept = rows - (n_chunks - 1) * self.chunk_rows if rows % self.chunk_rows else 0
-        if kept:  # an unfinished chunk stays staged and is written again, whole, later
+            write((self.written + k * step, *zeros), self.stage[k * step:(k + 1) * step])
+        kept = rows - (n_chunks - 1) * step if rows % step else 0
+        if kept:  # an unfinished chunk stays staged (already digested) and is written again, whole, later
             self.stage[:kept] = self.stage[rows - kept:rows]
         self.written = end - kept
-        self.staged = kept
+        self.staged = self.fresh = kept
 
     def finish(self) -> None:
         if self.staged:
@@ -298,33 +300,30 @@ class ShardWriter:
             raise ShardWriteFailed(self.final_path, f"{_reason(self.guard.error)}; nothing was committed")
 
     def _add(self, clips: list[dict], segments: list) -> None:
-        first = self.n_segments
-        waves_all, mels_all = [], []
-        for offset, (clip, feats) in enumerate(zip(clips, segments, strict=True)):
-            if isinstance(feats, tuple):
-                waves, mels, starts = feats[:3]
-                frames = np.full(len(waves), -1, dtype=np.int64)
-            else:
-                waves, mels, starts, frames = feats.waves, feats.logmels, feats.starts, feats.first_frames
-            index, n = self.n_clips + offset, len(waves)
-            row = {**clip, "first_segment": first, "n_segments": n}
-            for name in CLIP_COLUMNS:
-                self.tables[f"clips/{name}"].add([row[name]])
-            self.tables["segments/clip_index"].add(np.full(n, index))
-            self.tables["segments/segment_id"].add(np.arange(n))
-            self.tables["segments/start_sample"].add(np.asarray(starts))
-            self.tables["segments/first_frame"].add(np.asarray(frames))
-            self.tables["segments/name"].add(
-                [segment_name(index, i, clip["domain"], clip["label"]) for i in range(n)])
-            waves_all.append(waves)
-            mels_all.append(mels)
-            first += n
-        for waves in waves_all:
+        """One call per table column and per big dataset for the whole batch, not per clip."""
+        parts = [(f[0], f[1], f[2], np.full(len(f[0]), -1, np.int64)) if isinstance(f, tuple)
+                 else (f.waves, f.logmels, f.starts, f.first_frames) for f in segments]
+        counts = np.array([len(waves) for waves, *_ in parts], dtype=np.int64)
+        if len(counts) != len(clips):
+            raise ValueError(f"{len(clips)} clip rows but {len(counts)} clips of segments")
+        firsts = self.n_segments + np.cumsum(counts) - counts
+        rows = [{**clip, "first_segment": int(f), "n_segments": int(n)}
+                for clip, f, n in zip(clips, firsts, counts, strict=True)]
+        for name in CLIP_COLUMNS:
+            self.tables[f"clips/{name}"].add([row[name] for row in rows])
+        index = np.repeat(np.arange(self.n_clips, self.n_clips + len(clips)), counts)
+        segment_id = np.arange(int(counts.sum())) - np.repeat(firsts - self.n_segments, counts)
+        self.tables["segments/clip_index"].add(index)
+        self.tables["segments/segment_id"].add(segment_id)
+        self.tables["segments/start_sample"].add(np.concatenate([np.asarray(p[2]) for p in parts]))
+        self.tables["segments/first_frame"].add(np.concatenate([np.asarray(p[3]) for p in parts]))
+        self.tables["segments/name"].add([segment_name(i, k, row["domain"], row["label"]) for i, row in
+                                          enumerate(rows, self.n_clips) for k in range(row["n_segments"])])
+        for waves, mels, *_ in parts:
             self.blocks["waveform"].add(np.asarray(waves, dtype=np.int16))
-        for mels in mels_all:
             self.blocks["logmel"].add(np.asarray(mels, dtype=np.float32))
         self.n_clips += len(clips)
-        self.n_segments = first
+        self.n_segments += int(counts.sum())
 
     def commit(self) -> Path:
         """Write what is staged, mark complete, close, read everything back and compare it with what was
@@ -362,12 +361,15 @@ class ShardWriter:
                 if dataset.shape[0] != rows:
                     raise OSError(f"{name} holds {dataset.shape[0]} rows, {rows} were written")
                 got = _Digest()
-                if name in self.blocks:  # the big ones: raw chunk bytes, no HDF5 gather or copy
-                    chunk_rows = dataset.chunks[0]
-                    for start in range(0, rows, chunk_rows):
-                        _, raw = dataset.id.read_direct_chunk((start, *(0,) * (dataset.ndim - 1)))
-                        block = np.frombuffer(raw, dataset.dtype).reshape(dataset.chunks)
-                        got.add(block[:min(chunk_rows, rows - start)])
+                if name in self.blocks:  # the big ones: raw chunk bytes into the stage, digested per block
+                    stage = self.blocks[name].stage
+                    step, zeros, read = dataset.chunks[0], (0,) * (dataset.ndim - 1), dataset.id.read_direct_chunk
+                    flat = stage.reshape(-1).view(np.uint8)
+                    for block_start in range(0, rows, len(stage)):
+                        block_rows = min(len(stage), rows - block_start)
+                        for start in range(0, block_rows, step):
+                            read((block_start + start, *zeros), out=flat[start * stage[0].nbytes:])
+                        got.add(stage[:block_rows])
                 else:
                     step = max(dataset.chunks[0], TABLE_CHUNK_ROWS)
                     for start in range(0, rows, step):
