@@ -95,8 +95,12 @@ def mel_power(waves: np.ndarray, sample_rate: int, n_fft: int, hop_length: int, 
     half = n_fft // 2
     if waves.shape[-1] <= half:
         raise ValueError(f"a signal of {waves.shape[-1]} samples is too short to reflect-pad by {half}")
-    padded = np.pad(waves, ((0, 0), (half, half)), mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length]
+    # reflect padding as np.pad(mode="reflect") does it, and the frames as a strided view: both without
+    # numpy's Python-level helpers, which hold the GIL for ~60 us per call (data_prep calls this per clip)
+    padded = np.concatenate([waves[:, half:0:-1], waves, waves[:, -2:-half - 2:-1]], axis=1)
+    n_frames = 1 + (padded.shape[1] - n_fft) // hop_length
+    frames = np.ndarray((len(padded), n_frames, n_fft), np.float32, padded, 0,
+                        (padded.strides[0], hop_length * 4, 4))
     spectrum = scipy.fft.rfft(frames * hann_window(n_fft), axis=-1, workers=1)  # [n, frames, bins]
     if power == 2.0:
         magnitude = np.square(spectrum.real)
@@ -119,6 +123,23 @@ def log_mel_numpy(waves_int16: np.ndarray, config) -> np.ndarray:
     np.log10(out, out=out)
     out *= np.float32(20.0 / config.power)
     return np.ascontiguousarray(out.transpose(0, 2, 1))
+
+
+def keep_freed_memory(mmap_bytes: int = 32 << 20, trim_bytes: int = 64 << 20) -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the kernel at once.
+
+    Each clip's log-mel allocates and frees a few MB of temporaries; with glibc's defaults the top of the
+    heap is trimmed (or the block unmapped) after every clip, and the next clip faults every page back in:
+    ~600 page faults and ~0.7 ms of a ~2 ms clip. Process-wide and not undone; memory stays bounded by
+    these thresholds per arena. Returns False where there is no glibc (nothing changes)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mmap_bytes)) and bool(mallopt(m_trim_threshold, trim_bytes))
 
 
 @contextmanager
