@@ -129,13 +129,12 @@ def measure_floor(raw: Path) -> dict:
     """Decode + segment + log-mel of every clip, one process, one thread, nothing written."""
     from asd.audio import read_clip
     from asd.features import FeatureConfig, segment_features
-    from asd.melspec import keep_freed_memory, one_thread_each
+    from asd.melspec import one_thread_each
 
     config = FeatureConfig()
     paths = sorted(str(p) for p in raw.rglob("*.wav"))
     segment_features(np.zeros(config.segment_samples, np.int16), config)  # build the mel filterbank first
     segments = 0
-    keep_freed_memory()  # as run_prep does
     with one_thread_each():  # what each data_prep worker does
         start, cpu = time.perf_counter(), _self_cpu_s()
         for path in paths:

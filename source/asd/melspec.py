@@ -125,23 +125,6 @@ def log_mel_numpy(waves_int16: np.ndarray, config) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 2, 1))
 
 
-def keep_freed_memory(mmap_bytes: int = 32 << 20, trim_bytes: int = 64 << 20) -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the kernel at once.
-
-    Each clip's log-mel allocates and frees a few MB of temporaries; with glibc's defaults the top of the
-    heap is trimmed (or the block unmapped) after every clip, and the next clip faults every page back in:
-    ~600 page faults and ~0.7 ms of a ~2 ms clip. Process-wide and not undone; memory stays bounded by
-    these thresholds per arena. Returns False where there is no glibc (nothing changes)."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, mmap_bytes)) and bool(mallopt(m_trim_threshold, trim_bytes))
-
-
 @contextmanager
 def one_thread_each(torch_too: bool = False) -> Iterator[None]:
     """Inside: one BLAS thread (and one torch intra-op thread, when torch is loaded or `torch_too`), so

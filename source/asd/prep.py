@@ -24,7 +24,7 @@ from asd.audio import BadAudio, probe, read_clip
 from asd.errors import BadInput, ShardWriteFailed
 from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
 from asd.layout import SkippedFile, find_machine_dirs, scan_raw_root
-from asd.melspec import keep_freed_memory, one_thread_each
+from asd.melspec import one_thread_each
 from asd.shard import StaleShard, read_shard_attrs
 from asd.shard_writer import ShardWriter
 
@@ -148,11 +148,6 @@ def clip_plan(path: str, config: FeatureConfig) -> tuple[int, bool]:
     except BadAudio:
         return 0, False
     return len(segment_starts(head.output_samples(config), config)[0]), head.sample_rate != config.sample_rate
-
-
-def expected_segments(path: str, config: FeatureConfig) -> int:
-    """Segments a clip will give, from its header alone (0 when the header is bad): sizes the shard."""
-    return clip_plan(path, config)[0]
 
 
 def _shard_plan(manifest: pd.DataFrame, cfg: PrepConfig) -> Iterator[tuple[Path, pd.DataFrame, str]]:
@@ -354,7 +349,6 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
     # only a hint, so joblib.parallel_config(backend=...) around this call still chooses the backend.
     parallel = Parallel(n_jobs=cfg.jobs, prefer="threads", return_as="generator", pre_dispatch="2*n_jobs")
     jobs = [_ShardJob(path, clips, digest, cfg) for path, clips, digest in todo]
-    keep_freed_memory()  # no page faults on every clip's temporaries (a third of the log-mel's time)
     # the parallelism is across clips: one BLAS (and torch, only if resampling) thread each
     with one_thread_each(torch_too=any(job.resamples for job in jobs)), tqdm(
             total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:

@@ -70,8 +70,7 @@ class _Digest:
 
 class _BlockWriter:
     """Stages rows of one big dataset and writes them chunk by chunk (`write_direct_chunk`: no chunk
-    cache, no partial-chunk rewrites), keeping a digest of every row written. The digest runs once per
-    staged block (~8 MB), not once per clip: per-call overhead is the writer thread's, and holds the GIL."""
+    cache, no partial-chunk rewrites), with a digest of every row written, taken per staged block (~8 MB)."""
 
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
@@ -100,8 +99,7 @@ class _BlockWriter:
         end = self.written + rows
         if end > self.dataset.shape[0]:
             self.dataset.resize(end, axis=0)
-        step = self.chunk_rows
-        n_chunks = -(-rows // step)
+        step, n_chunks = self.chunk_rows, -(-rows // self.chunk_rows)
         if n_chunks * step > rows:
             self.stage[rows:n_chunks * step] = 0
         zeros, write = (0,) * (self.stage.ndim - 1), self.dataset.id.write_direct_chunk
@@ -123,32 +121,36 @@ class _BlockWriter:
 
 
 class _TableWriter:
-    """Buffers the rows of one 1-D table column and writes them in blocks at a cursor, with a digest."""
+    """Buffers the batches of one 1-D table column and writes them in blocks at a cursor, with a digest."""
 
     def __init__(self, dataset: h5py.Dataset, block_rows: int = 8192) -> None:
         self.dataset = dataset
         self.block_rows = block_rows
-        self.buffer: list = []
+        self.buffer: list = []  # the batches handed in
+        self.buffered = 0  # rows in them
         self.written = 0
         self.digest = _Digest()
 
     def add(self, values) -> None:
-        self.buffer.extend(values)
-        if len(self.buffer) >= self.block_rows:
+        self.buffer.append(values)
+        self.buffered += len(values)
+        if self.buffered >= self.block_rows:
             self.flush()
 
     def flush(self) -> None:
-        if not self.buffer:
+        if not self.buffered:
             return
-        is_str = self.dataset.dtype == STR
-        values = np.asarray(self.buffer, dtype=object if is_str else self.dataset.dtype)
+        if self.dataset.dtype == STR:
+            values = np.asarray([v for batch in self.buffer for v in batch], dtype=object)
+        else:
+            values = np.concatenate([np.asarray(batch, dtype=self.dataset.dtype) for batch in self.buffer])
         self.digest.add(values)
         end = self.written + len(values)
         if end > self.dataset.shape[0]:
             self.dataset.resize(end, axis=0)
         self.dataset[self.written:end] = values
         self.written = end
-        self.buffer = []
+        self.buffer, self.buffered = [], 0
 
     def finish(self) -> None:
         self.flush()
@@ -303,8 +305,6 @@ class ShardWriter:
         parts = [(f[0], f[1], f[2], np.full(len(f[0]), -1, np.int64)) if isinstance(f, tuple)
                  else (f.waves, f.logmels, f.starts, f.first_frames) for f in segments]
         counts = np.array([len(waves) for waves, *_ in parts], dtype=np.int64)
-        if len(counts) != len(clips):
-            raise ValueError(f"{len(clips)} clip rows but {len(counts)} clips of segments")
         firsts = self.n_segments + np.cumsum(counts) - counts
         rows = [{**clip, "first_segment": int(f), "n_segments": int(n)}
                 for clip, f, n in zip(clips, firsts, counts, strict=True)]
@@ -361,9 +361,8 @@ class ShardWriter:
                     raise OSError(f"{name} holds {dataset.shape[0]} rows, {rows} were written")
                 got = _Digest()
                 if name in self.blocks:  # the big ones: raw chunk bytes into the stage, digested per block
-                    stage = self.blocks[name].stage
-                    step, zeros, read = dataset.chunks[0], (0,) * (dataset.ndim - 1), dataset.id.read_direct_chunk
-                    flat = stage.reshape(-1).view(np.uint8)
+                    stage, zeros = self.blocks[name].stage, (0,) * (dataset.ndim - 1)
+                    flat, step, read = stage.reshape(-1).view(np.uint8), dataset.chunks[0], dataset.id.read_direct_chunk
                     for block_start in range(0, rows, len(stage)):
                         block_rows = min(len(stage), rows - block_start)
                         for start in range(0, block_rows, step):
