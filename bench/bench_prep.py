@@ -127,20 +127,19 @@ def _self_cpu_s() -> float:
 
 def measure_floor(raw: Path) -> dict:
     """Decode + segment + log-mel of every clip, one process, one thread, nothing written."""
-    import torch
-
     from asd.audio import read_clip
     from asd.features import FeatureConfig, segment_features
+    from asd.melspec import one_thread_each
 
-    torch.set_num_threads(1)  # what each data_prep worker does
     config = FeatureConfig()
     paths = sorted(str(p) for p in raw.rglob("*.wav"))
     segment_features(np.zeros(config.segment_samples, np.int16), config)  # build the mel filterbank first
     segments = 0
-    start, cpu = time.perf_counter(), _self_cpu_s()
-    for path in paths:
-        segments += len(segment_features(read_clip(path, config).samples, config).starts)
-    seconds, cpu = time.perf_counter() - start, _self_cpu_s() - cpu
+    with one_thread_each():  # what each data_prep worker does
+        start, cpu = time.perf_counter(), _self_cpu_s()
+        for path in paths:
+            segments += len(segment_features(read_clip(path, config).samples, config).starts)
+        seconds, cpu = time.perf_counter() - start, _self_cpu_s() - cpu
     return {"clips": len(paths), "segments": segments, "seconds": seconds,
             "clips_per_s": len(paths) / seconds, "cpu_ms_per_clip": 1000 * cpu / len(paths),
             "rss_main_mib": _peak_rss_mib()}

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import numpy as np
 
 # Bump when the shard layout or the meaning of a stored value changes: old caches are then refused.
 # 2: log-mel computed over the whole clip and cut per segment (was: per segment, padded at every edge).
+# Not bumped when the log-mel moved from torchaudio to numpy (asd.melspec): the same transform, equal
+# within float32 rounding (tests/test_melspec.py: <= 1e-3 dB on random int16 audio), so caches stay valid.
 SCHEMA_VERSION = 2
 
 TAIL_POLICIES = ("last", "pad", "drop")
@@ -110,30 +110,16 @@ def cut_segments(samples: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray
     return np.ascontiguousarray(windows[starts]), starts, padded
 
 
-@lru_cache(maxsize=8)
-def _mel_transform(config: FeatureConfig):
-    import torchaudio  # here, not at the top: option checks and shard reading need no torch
-
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
-        f_min=config.f_min, f_max=config.f_max, n_mels=config.n_mels, power=config.power,
-        mel_scale=config.mel_scale, norm=config.mel_norm,
-    )
-
-
 def log_mel(segments_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """Log-mel spectrograms `[n, n_mels, frames]` (float32) of int16 signals `[n, samples]`, each on its own
     (centred STFT: frame f is centred at sample f * hop_length, reflect-padded at both ends).
 
     Same scale as the DCASE baseline: `(20 / power) * log10(mel + eps)`, i.e. decibels for power 2.
+    Computed in numpy (`asd.melspec`), equal to torchaudio's `MelSpectrogram` within float32 rounding.
     """
-    import torch
+    from asd.melspec import log_mel_numpy
 
-    waves = torch.from_numpy(segments_int16.astype(np.float32) / 32768.0)
-    with torch.no_grad():
-        mel = _mel_transform(config)(waves)
-        out = (20.0 / config.power) * torch.log10(mel + sys.float_info.epsilon)
-    return out.numpy().astype(np.float32, copy=False)
+    return log_mel_numpy(segments_int16, config)
 
 
 def clip_log_mel(samples_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
@@ -25,6 +24,7 @@ from asd.audio import BadAudio, probe, read_clip
 from asd.errors import BadInput, ShardWriteFailed
 from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
 from asd.layout import SkippedFile, find_machine_dirs, scan_raw_root
+from asd.melspec import one_thread_each
 from asd.shard import StaleShard, read_shard_attrs
 from asd.shard_writer import ShardWriter
 
@@ -140,13 +140,14 @@ def _process_clip(path: str, config: FeatureConfig) -> tuple | str:
     return (feats, len(clip.samples), clip.original_sample_rate, clip.original_channels, notes)
 
 
-def expected_segments(path: str, config: FeatureConfig) -> int:
-    """Segments a clip will give, from its header alone (0 when the header is bad): sizes the shard."""
+def clip_plan(path: str, config: FeatureConfig) -> tuple[int, bool]:
+    """From a clip's header alone: the segments it will give (sizes the shard; 0 when the header is bad)
+    and whether it needs resampling (the one step that imports torch)."""
     try:
         head = probe(path)
     except BadAudio:
-        return 0
-    return len(segment_starts(head.output_samples(config), config)[0])
+        return 0, False
+    return len(segment_starts(head.output_samples(config), config)[0]), head.sample_rate != config.sample_rate
 
 
 def _shard_plan(manifest: pd.DataFrame, cfg: PrepConfig) -> Iterator[tuple[Path, pd.DataFrame, str]]:
@@ -203,7 +204,9 @@ class _ShardJob:
     def __init__(self, path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig) -> None:
         self.path, self.clips, self.digest = path, clips, digest
         self.offset = 0
-        self.expected = sum(expected_segments(p, cfg.features) for p in clips["path"])
+        plans = [clip_plan(p, cfg.features) for p in clips["path"]]
+        self.expected = sum(n for n, _ in plans)
+        self.resamples = any(r for _, r in plans)
         first = clips.iloc[0]
         self.meta = {"dataset": first["dataset"], "machine": first["machine"], "split": first["split_folder"],
                      "source_root": str(Path(cfg.raw_dir).resolve()), "source_digest": digest}
@@ -345,14 +348,11 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
     # pool spent more time shipping ~0.5 MB per clip than computing it; see bench/README.md). `prefer` is
     # only a hint, so joblib.parallel_config(backend=...) around this call still chooses the backend.
     parallel = Parallel(n_jobs=cfg.jobs, prefer="threads", return_as="generator", pre_dispatch="2*n_jobs")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the parallelism is across clips; one torch thread each avoids oversubscription
-    try:
-        jobs = [_ShardJob(path, clips, digest, cfg) for path, clips, digest in todo]
-        with tqdm(total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:
-            _write_shards(jobs, cfg, summary, parallel, bar)
-    finally:
-        torch.set_num_threads(threads)
+    jobs = [_ShardJob(path, clips, digest, cfg) for path, clips, digest in todo]
+    # the parallelism is across clips: one BLAS (and torch, only if resampling) thread each
+    with one_thread_each(torch_too=any(job.resamples for job in jobs)), tqdm(
+            total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:
+        _write_shards(jobs, cfg, summary, parallel, bar)
     summary.seconds = time.perf_counter() - start
     _write_summary(cfg, summary)
     return summary

@@ -46,8 +46,7 @@ def row_checksums(block: np.ndarray) -> np.ndarray:
     if weights is None:
         weights = np.random.default_rng(words.shape[1]).integers(0, 2**63, words.shape[1], dtype=np.uint64)
         weights = _WEIGHTS.setdefault(words.shape[1], weights * np.uint64(2) + np.uint64(1))
-    with np.errstate(over="ignore"):
-        return (words * weights).sum(axis=1, dtype=np.uint64)
+    return np.einsum("ij,j->i", words, weights)  # wraps modulo 2^64 like the product and sum; one pass, no temporary
 
 
 class _Digest:
@@ -71,7 +70,7 @@ class _Digest:
 
 class _BlockWriter:
     """Stages rows of one big dataset and writes them chunk by chunk (`write_direct_chunk`: no chunk
-    cache, no partial-chunk rewrites), keeping a digest of every row handed to it."""
+    cache, no partial-chunk rewrites), with a digest of every row written, taken per staged block (~8 MB)."""
 
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
@@ -81,10 +80,10 @@ class _BlockWriter:
         self.stage = np.zeros((block_rows, *dataset.shape[1:]), dataset.dtype)
         self.staged = 0  # rows waiting in the stage
         self.written = 0  # rows already on disk (a multiple of chunk_rows until the last write)
+        self.fresh = 0  # first staged row not yet in the digest
         self.digest = _Digest()
 
     def add(self, values: np.ndarray) -> None:
-        self.digest.add(values)
         done = 0
         while done < len(values):
             take = min(len(values) - done, len(self.stage) - self.staged)
@@ -96,21 +95,21 @@ class _BlockWriter:
 
     def _write(self, rows: int) -> None:
         """Write the first `rows` staged rows (whole chunks; the last chunk zero-filled past the end)."""
+        self.digest.add(self.stage[self.fresh:rows])
         end = self.written + rows
         if end > self.dataset.shape[0]:
             self.dataset.resize(end, axis=0)
-        n_chunks = -(-rows // self.chunk_rows)
-        if n_chunks * self.chunk_rows > rows:
-            self.stage[rows:n_chunks * self.chunk_rows] = 0
-        zeros = (0,) * (self.stage.ndim - 1)
+        step, n_chunks = self.chunk_rows, -(-rows // self.chunk_rows)
+        if n_chunks * step > rows:
+            self.stage[rows:n_chunks * step] = 0
+        zeros, write = (0,) * (self.stage.ndim - 1), self.dataset.id.write_direct_chunk
         for k in range(n_chunks):
-            part = self.stage[k * self.chunk_rows:(k + 1) * self.chunk_rows]
-            self.dataset.id.write_direct_chunk((self.written + k * self.chunk_rows, *zeros), part)
-        kept = rows - (n_chunks - 1) * self.chunk_rows if rows % self.chunk_rows else 0
-        if kept:  # an unfinished chunk stays staged and is written again, whole, later
+            write((self.written + k * step, *zeros), self.stage[k * step:(k + 1) * step])
+        kept = rows - (n_chunks - 1) * step if rows % step else 0
+        if kept:  # an unfinished chunk stays staged (already digested) and is written again, whole, later
             self.stage[:kept] = self.stage[rows - kept:rows]
         self.written = end - kept
-        self.staged = kept
+        self.staged = self.fresh = kept
 
     def finish(self) -> None:
         if self.staged:
@@ -122,32 +121,36 @@ class _BlockWriter:
 
 
 class _TableWriter:
-    """Buffers the rows of one 1-D table column and writes them in blocks at a cursor, with a digest."""
+    """Buffers the batches of one 1-D table column and writes them in blocks at a cursor, with a digest."""
 
     def __init__(self, dataset: h5py.Dataset, block_rows: int = 8192) -> None:
         self.dataset = dataset
         self.block_rows = block_rows
-        self.buffer: list = []
+        self.buffer: list = []  # the batches handed in
+        self.buffered = 0  # rows in them
         self.written = 0
         self.digest = _Digest()
 
     def add(self, values) -> None:
-        self.buffer.extend(values)
-        if len(self.buffer) >= self.block_rows:
+        self.buffer.append(values)
+        self.buffered += len(values)
+        if self.buffered >= self.block_rows:
             self.flush()
 
     def flush(self) -> None:
-        if not self.buffer:
+        if not self.buffered:
             return
-        is_str = self.dataset.dtype == STR
-        values = np.asarray(self.buffer, dtype=object if is_str else self.dataset.dtype)
+        if self.dataset.dtype == STR:
+            values = np.asarray([v for batch in self.buffer for v in batch], dtype=object)
+        else:
+            values = np.concatenate([np.asarray(batch, dtype=self.dataset.dtype) for batch in self.buffer])
         self.digest.add(values)
         end = self.written + len(values)
         if end > self.dataset.shape[0]:
             self.dataset.resize(end, axis=0)
         self.dataset[self.written:end] = values
         self.written = end
-        self.buffer = []
+        self.buffer, self.buffered = [], 0
 
     def finish(self) -> None:
         self.flush()
@@ -298,33 +301,28 @@ class ShardWriter:
             raise ShardWriteFailed(self.final_path, f"{_reason(self.guard.error)}; nothing was committed")
 
     def _add(self, clips: list[dict], segments: list) -> None:
-        first = self.n_segments
-        waves_all, mels_all = [], []
-        for offset, (clip, feats) in enumerate(zip(clips, segments, strict=True)):
-            if isinstance(feats, tuple):
-                waves, mels, starts = feats[:3]
-                frames = np.full(len(waves), -1, dtype=np.int64)
-            else:
-                waves, mels, starts, frames = feats.waves, feats.logmels, feats.starts, feats.first_frames
-            index, n = self.n_clips + offset, len(waves)
-            row = {**clip, "first_segment": first, "n_segments": n}
-            for name in CLIP_COLUMNS:
-                self.tables[f"clips/{name}"].add([row[name]])
-            self.tables["segments/clip_index"].add(np.full(n, index))
-            self.tables["segments/segment_id"].add(np.arange(n))
-            self.tables["segments/start_sample"].add(np.asarray(starts))
-            self.tables["segments/first_frame"].add(np.asarray(frames))
-            self.tables["segments/name"].add(
-                [segment_name(index, i, clip["domain"], clip["label"]) for i in range(n)])
-            waves_all.append(waves)
-            mels_all.append(mels)
-            first += n
-        for waves in waves_all:
+        """One call per table column and per big dataset for the whole batch, not per clip."""
+        parts = [(f[0], f[1], f[2], np.full(len(f[0]), -1, np.int64)) if isinstance(f, tuple)
+                 else (f.waves, f.logmels, f.starts, f.first_frames) for f in segments]
+        counts = np.array([len(waves) for waves, *_ in parts], dtype=np.int64)
+        firsts = self.n_segments + np.cumsum(counts) - counts
+        rows = [{**clip, "first_segment": int(f), "n_segments": int(n)}
+                for clip, f, n in zip(clips, firsts, counts, strict=True)]
+        for name in CLIP_COLUMNS:
+            self.tables[f"clips/{name}"].add([row[name] for row in rows])
+        index = np.repeat(np.arange(self.n_clips, self.n_clips + len(clips)), counts)
+        segment_id = np.arange(int(counts.sum())) - np.repeat(firsts - self.n_segments, counts)
+        self.tables["segments/clip_index"].add(index)
+        self.tables["segments/segment_id"].add(segment_id)
+        self.tables["segments/start_sample"].add(np.concatenate([np.asarray(p[2]) for p in parts]))
+        self.tables["segments/first_frame"].add(np.concatenate([np.asarray(p[3]) for p in parts]))
+        self.tables["segments/name"].add([segment_name(i, k, row["domain"], row["label"]) for i, row in
+                                          enumerate(rows, self.n_clips) for k in range(row["n_segments"])])
+        for waves, mels, *_ in parts:
             self.blocks["waveform"].add(np.asarray(waves, dtype=np.int16))
-        for mels in mels_all:
             self.blocks["logmel"].add(np.asarray(mels, dtype=np.float32))
         self.n_clips += len(clips)
-        self.n_segments = first
+        self.n_segments += int(counts.sum())
 
     def commit(self) -> Path:
         """Write what is staged, mark complete, close, read everything back and compare it with what was
@@ -362,12 +360,14 @@ class ShardWriter:
                 if dataset.shape[0] != rows:
                     raise OSError(f"{name} holds {dataset.shape[0]} rows, {rows} were written")
                 got = _Digest()
-                if name in self.blocks:  # the big ones: raw chunk bytes, no HDF5 gather or copy
-                    chunk_rows = dataset.chunks[0]
-                    for start in range(0, rows, chunk_rows):
-                        _, raw = dataset.id.read_direct_chunk((start, *(0,) * (dataset.ndim - 1)))
-                        block = np.frombuffer(raw, dataset.dtype).reshape(dataset.chunks)
-                        got.add(block[:min(chunk_rows, rows - start)])
+                if name in self.blocks:  # the big ones: raw chunk bytes into the stage, digested per block
+                    stage, zeros = self.blocks[name].stage, (0,) * (dataset.ndim - 1)
+                    flat, step, read = stage.reshape(-1).view(np.uint8), dataset.chunks[0], dataset.id.read_direct_chunk
+                    for block_start in range(0, rows, len(stage)):
+                        block_rows = min(len(stage), rows - block_start)
+                        for start in range(0, block_rows, step):
+                            read((block_start + start, *zeros), out=flat[start * stage[0].nbytes:])
+                        got.add(stage[:block_rows])
                 else:
                     step = max(dataset.chunks[0], TABLE_CHUNK_ROWS)
                     for start in range(0, rows, step):
