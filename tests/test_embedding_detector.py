@@ -167,3 +167,12 @@ def test_one_network_learns_every_machine_type_of_a_dataset(processed: dict[str,
         torch.testing.assert_close(value, networks.networks[0].state_dict()[name])
     predictions, rules = test_machine(items[0], tmp_path, TRAIN)
     assert metrics_table(predictions, rules)["AUC (source)"].mean() > 0.7
+
+
+def test_one_network_refuses_machine_types_with_different_features(processed: dict[str, Path]) -> None:
+    from asd.errors import BadState
+
+    parts = [(name, Shard(processed[key] / "train.h5"), np.array([0, 1]), np.array([2])) for name, key in
+             (("fan", "default"), ("fan64", "mel64"))]
+    with pytest.raises(BadState, match="different features"):
+        EmbeddingDetector(FAST).fit_shared(parts, TRAIN, log=lambda line: None)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from asd.detector import Detector, TrainConfig, resolve_device
+from asd.errors import BadState
 from asd.models.clip_crops import load_clip_frames, windows
 from asd.models.embedding_data import clip_class_names
 from asd.models.embedding_net import EmbeddingNet
@@ -99,6 +100,11 @@ def _train_networks(parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], cfg:
                     train: TrainConfig, device: torch.device, log: Callable[[str], None]) -> SharedNetworks:
     """Train ``cfg.n_networks`` networks on the normal clips of one or more (prefix, shard, train clips,
     held-out clips); class names are prefixed so that machine types never share a class."""
+    if len({shard.fingerprint for _, shard, _, _ in parts}) > 1:
+        raise BadState("one network cannot learn machine types prepared with different features ("
+                       + ", ".join(f"{shard.path}: {shard.fingerprint}" for _, shard, _, _ in parts)
+                       + "); prepare them with the same data_prep settings, or train with "
+                       "--model-option scope=machine")
     train_frames, train_names, val_frames, val_names = [], [], [], []
     for prefix, shard, train_clips, val_clips in parts:
         names = np.char.add(prefix, clip_class_names(shard.clips))
