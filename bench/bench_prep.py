@@ -129,8 +129,10 @@ def measure_floor(raw: Path) -> dict:
     """Decode + segment + log-mel of every clip, one process, one thread, nothing written."""
     from asd.audio import read_clip
     from asd.features import FeatureConfig, segment_features
+    from asd.heap import keep_freed_memory
     from asd.melspec import one_thread_each
 
+    keep_freed_memory()  # as run_prep does: without it the floor pays ~600 page faults per clip
     config = FeatureConfig()
     paths = sorted(str(p) for p in raw.rglob("*.wav"))
     segment_features(np.zeros(config.segment_samples, np.int16), config)  # build the mel filterbank first

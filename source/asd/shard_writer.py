@@ -1,5 +1,5 @@
-"""Writing a shard (SPEC §4): `ShardWriter` stages segments clip by clip in a temporary file, checksums every
-row as it goes, reads the closed file back before the atomic rename, and fails the shard cleanly (nothing
+"""Writing a shard (SPEC §4): `ShardWriter` writes segments batch by batch to a temporary file, digests every
+row's checksum as it goes, reads the closed file back before the atomic rename, and fails the shard cleanly (nothing
 committed) when any write fails, a full disk included. The layout itself lives in :mod:`asd.shard`.
 """
 
@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import zlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,63 +59,94 @@ class _Digest:
 
     def add(self, values) -> None:
         if isinstance(values, np.ndarray) and values.dtype != object:
-            sums = row_checksums(values)
+            self.add_sums(row_checksums(values))
         else:  # strings: CRC of each UTF-8 value
-            sums = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
+            self.add_sums(np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values)))
+
+    def add_sums(self, sums: np.ndarray) -> None:
+        """Take the next rows by their `row_checksums` (computed elsewhere, e.g. in a worker thread)."""
         position = np.arange(self.rows + 1, self.rows + len(sums) + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            self.value = np.uint64(self.value + (sums * (position * np.uint64(0x9E3779B97F4A7C15))).sum(
-                dtype=np.uint64))
+            self.value = np.uint64(self.value + (np.asarray(sums, np.uint64) * (
+                position * np.uint64(0x9E3779B97F4A7C15))).sum(dtype=np.uint64))
         self.rows += len(sums)
 
 
+@dataclass
+class SegmentBatch:
+    """Several clips' segments in one block of rows, with each row's checksum: what a data_prep worker
+    hands the writer, so the concatenation and the checksums run in the workers, in parallel, and the
+    writer can write whole chunks straight from these arrays."""
+
+    waves: np.ndarray  # int16 [rows, segment_samples]
+    logmels: np.ndarray  # float32 [rows, n_mels, n_frames]
+    starts: np.ndarray  # int64 [rows]
+    first_frames: np.ndarray  # int64 [rows] (-1: unknown)
+    counts: np.ndarray  # int64 [clips]: rows per clip, in order
+    wave_sums: np.ndarray  # uint64 [rows]: row_checksums(waves)
+    logmel_sums: np.ndarray  # uint64 [rows]
+
+    @classmethod
+    def from_features(cls, segments: list) -> SegmentBatch:
+        """From per-clip `asd.features.SegmentFeatures` (or `(waveforms, logmels, start samples)`)."""
+        parts = [(f[0], f[1], f[2], np.full(len(f[0]), -1, np.int64)) if isinstance(f, tuple)
+                 else (f.waves, f.logmels, f.starts, f.first_frames) for f in segments]
+        waves = np.concatenate([np.asarray(p[0], dtype=np.int16) for p in parts])
+        logmels = np.concatenate([np.asarray(p[1], dtype=np.float32) for p in parts])
+        return cls(waves, logmels, np.concatenate([np.asarray(p[2], np.int64) for p in parts]),
+                   np.concatenate([np.asarray(p[3], np.int64) for p in parts]),
+                   np.array([len(p[0]) for p in parts], dtype=np.int64),
+                   row_checksums(waves), row_checksums(logmels))
+
+
 class _BlockWriter:
-    """Stages rows of one big dataset and writes them chunk by chunk (`write_direct_chunk`: no chunk
-    cache, no partial-chunk rewrites), with a digest of every row written, taken per staged block (~8 MB)."""
+    """Writes the rows of one big dataset chunk by chunk (`write_direct_chunk`: no chunk cache, no
+    partial-chunk rewrites), straight from the arrays handed in wherever whole chunks line up; only rows
+    that do not fill a chunk are copied, into a one-chunk `stage`. The digest takes every row as handed in."""
 
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
         self.chunk_rows = dataset.chunks[0]
-        row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
-        block_rows = max(1, BLOCK_BYTES // (row_bytes * self.chunk_rows)) * self.chunk_rows
-        self.stage = np.zeros((block_rows, *dataset.shape[1:]), dataset.dtype)
+        self.stage = np.zeros((self.chunk_rows, *dataset.shape[1:]), dataset.dtype)
         self.staged = 0  # rows waiting in the stage
-        self.written = 0  # rows already on disk (a multiple of chunk_rows until the last write)
-        self.fresh = 0  # first staged row not yet in the digest
+        self.written = 0  # rows on disk: whole chunks until `finish`
         self.digest = _Digest()
+        self._origin = (0,) * (dataset.ndim - 1)
 
-    def add(self, values: np.ndarray) -> None:
-        done = 0
+    def add(self, values: np.ndarray, sums: np.ndarray | None = None) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dataset.dtype)
+        self.digest.add_sums(row_checksums(values) if sums is None else sums)
+        done, step = 0, self.chunk_rows
         while done < len(values):
-            take = min(len(values) - done, len(self.stage) - self.staged)
-            self.stage[self.staged:self.staged + take] = values[done:done + take]
-            self.staged += take
-            done += take
-            if self.staged == len(self.stage):
-                self._write(self.staged)
+            if self.staged or len(values) - done < step:
+                take = min(len(values) - done, step - self.staged)
+                self.stage[self.staged:self.staged + take] = values[done:done + take]
+                self.staged += take
+                done += take
+                if self.staged == step:
+                    self._write_chunks(self.stage)
+                    self.staged = 0
+            else:
+                whole = (len(values) - done) // step * step
+                self._write_chunks(values[done:done + whole])
+                done += whole
 
-    def _write(self, rows: int) -> None:
-        """Write the first `rows` staged rows (whole chunks; the last chunk zero-filled past the end)."""
-        self.digest.add(self.stage[self.fresh:rows])
-        end = self.written + rows
-        if end > self.dataset.shape[0]:
-            self.dataset.resize(end, axis=0)
-        step, n_chunks = self.chunk_rows, -(-rows // self.chunk_rows)
-        if n_chunks * step > rows:
-            self.stage[rows:n_chunks * step] = 0
-        zeros, write = (0,) * (self.stage.ndim - 1), self.dataset.id.write_direct_chunk
-        for k in range(n_chunks):
-            write((self.written + k * step, *zeros), self.stage[k * step:(k + 1) * step])
-        kept = rows - (n_chunks - 1) * step if rows % step else 0
-        if kept:  # an unfinished chunk stays staged (already digested) and is written again, whole, later
-            self.stage[:kept] = self.stage[rows - kept:rows]
-        self.written = end - kept
-        self.staged = self.fresh = kept
+    def _write_chunks(self, rows: np.ndarray) -> None:
+        """Write whole chunks (len(rows) a multiple of chunk_rows) after the rows already written."""
+        end = self.written + len(rows)
+        if end > self.dataset.shape[0]:  # grows geometrically when the pre-sizing fell short
+            self.dataset.resize(max(end, self.dataset.shape[0] * 5 // 4), axis=0)
+        write, step = self.dataset.id.write_direct_chunk, self.chunk_rows
+        for start in range(0, len(rows), step):
+            write((self.written + start, *self._origin), rows[start:start + step])
+        self.written = end
 
     def finish(self) -> None:
-        if self.staged:
-            self._write(self.staged)
-            self.written += self.staged
+        if self.staged:  # the last, partial chunk: zero-filled past the end, then cut off by the resize
+            self.stage[self.staged:] = 0
+            short = self.chunk_rows - self.staged
+            self._write_chunks(self.stage)
+            self.written -= short
             self.staged = 0
         if self.dataset.shape[0] != self.written:
             self.dataset.resize(self.written, axis=0)
@@ -225,14 +257,14 @@ class _GuardedFile:
 
 
 class ShardWriter:
-    """Writes segments clip by clip to a temporary file; `commit()` verifies, seals and renames it.
+    """Writes segments batch by batch to a temporary file; `commit()` verifies, seals and renames it.
 
-    Datasets are pre-sized from `expected_segments` / `expected_clips` (grown or shrunk as needed) and
-    written in large chunk-aligned blocks. Every row's checksum is kept while writing; `commit()` reads
-    the whole file back and compares before the rename, so a shard whose bytes did not all reach the file
-    (a full disk, an I/O error h5py only reports in a destructor) is never committed: it raises
-    `ShardWriteFailed` and the temporary file is removed. Use as a context manager: leaving the block
-    with an exception deletes the temporary file.
+    Datasets are pre-sized from `expected_segments` / `expected_clips` (grown or shrunk as needed); the
+    big ones are written a whole chunk at a time, straight from the batches' arrays. Every row's checksum
+    is kept while writing; `commit()` reads the whole file back and compares before the rename, so a shard
+    whose bytes did not all reach the file (a full disk, an I/O error h5py only reports in a destructor)
+    is never committed: it raises `ShardWriteFailed` and the temporary file is removed. Use as a context
+    manager: leaving the block with an exception deletes the temporary file.
     """
 
     def __init__(self, final_path: Path, config: FeatureConfig, meta: dict[str, str],
@@ -285,9 +317,10 @@ class ShardWriter:
         for key, value in meta.items():
             attrs[key] = value
 
-    def add_clips(self, clips: list[dict], segments: list) -> None:
-        """Append a batch of clips: their clip-table rows (without the CSR fields) and, per clip, its
-        `asd.features.SegmentFeatures` (or `(waveforms, logmels, start samples)`)."""
+    def add_clips(self, clips: list[dict], segments: list | SegmentBatch) -> None:
+        """Append a batch of clips: their clip-table rows (without the CSR fields) and their segments, as
+        a `SegmentBatch` or, per clip, its `asd.features.SegmentFeatures` (or `(waveforms, logmels,
+        start samples)`)."""
         if not clips:
             return
         try:
@@ -300,11 +333,12 @@ class ShardWriter:
         if self.guard is not None and self.guard.error is not None:
             raise ShardWriteFailed(self.final_path, f"{_reason(self.guard.error)}; nothing was committed")
 
-    def _add(self, clips: list[dict], segments: list) -> None:
+    def _add(self, clips: list[dict], segments: list | SegmentBatch) -> None:
         """One call per table column and per big dataset for the whole batch, not per clip."""
-        parts = [(f[0], f[1], f[2], np.full(len(f[0]), -1, np.int64)) if isinstance(f, tuple)
-                 else (f.waves, f.logmels, f.starts, f.first_frames) for f in segments]
-        counts = np.array([len(waves) for waves, *_ in parts], dtype=np.int64)
+        batch = segments if isinstance(segments, SegmentBatch) else SegmentBatch.from_features(segments)
+        counts = batch.counts
+        if len(counts) != len(clips):
+            raise ValueError(f"{len(clips)} clip rows for {len(counts)} clips' segments")
         firsts = self.n_segments + np.cumsum(counts) - counts
         rows = [{**clip, "first_segment": int(f), "n_segments": int(n)}
                 for clip, f, n in zip(clips, firsts, counts, strict=True)]
@@ -314,13 +348,12 @@ class ShardWriter:
         segment_id = np.arange(int(counts.sum())) - np.repeat(firsts - self.n_segments, counts)
         self.tables["segments/clip_index"].add(index)
         self.tables["segments/segment_id"].add(segment_id)
-        self.tables["segments/start_sample"].add(np.concatenate([np.asarray(p[2]) for p in parts]))
-        self.tables["segments/first_frame"].add(np.concatenate([np.asarray(p[3]) for p in parts]))
+        self.tables["segments/start_sample"].add(batch.starts)
+        self.tables["segments/first_frame"].add(batch.first_frames)
         self.tables["segments/name"].add([segment_name(i, k, row["domain"], row["label"]) for i, row in
                                           enumerate(rows, self.n_clips) for k in range(row["n_segments"])])
-        for waves, mels, *_ in parts:
-            self.blocks["waveform"].add(np.asarray(waves, dtype=np.int16))
-            self.blocks["logmel"].add(np.asarray(mels, dtype=np.float32))
+        self.blocks["waveform"].add(batch.waves, batch.wave_sums)
+        self.blocks["logmel"].add(batch.logmels, batch.logmel_sums)
         self.n_clips += len(clips)
         self.n_segments += int(counts.sum())
 
@@ -360,8 +393,8 @@ class ShardWriter:
                 if dataset.shape[0] != rows:
                     raise OSError(f"{name} holds {dataset.shape[0]} rows, {rows} were written")
                 got = _Digest()
-                if name in self.blocks:  # the big ones: raw chunk bytes into the stage, digested per block
-                    stage, zeros = self.blocks[name].stage, (0,) * (dataset.ndim - 1)
+                if name in self.blocks:  # the big ones: raw chunk bytes into a buffer, digested per block
+                    stage, zeros = _read_buffer(dataset), (0,) * (dataset.ndim - 1)
                     flat, step, read = stage.reshape(-1).view(np.uint8), dataset.chunks[0], dataset.id.read_direct_chunk
                     for block_start in range(0, rows, len(stage)):
                         block_rows = min(len(stage), rows - block_start)
@@ -391,6 +424,14 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _read_buffer(dataset: h5py.Dataset) -> np.ndarray:
+    """A buffer of about `BLOCK_BYTES`, whole chunks of `dataset`'s rows, for reading it back."""
+    chunk_rows = dataset.chunks[0]
+    row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+    rows = max(1, BLOCK_BYTES // (row_bytes * chunk_rows)) * chunk_rows
+    return np.empty((rows, *dataset.shape[1:]), dataset.dtype)
 
 
 def _reason(err: BaseException) -> str:

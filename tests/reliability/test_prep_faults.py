@@ -378,7 +378,7 @@ def _mount_tmpfs(where: Path, size: str) -> None:
 def test_full_disk_fails_cleanly_and_commits_nothing_unverified(bigger: tuple[Path, Path], tmp_path: Path) -> None:
     raw, reference = bigger
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "3584k")  # room for fan/test and pump/train (1.4 MiB each), not also fan/train (2.9)
+    _mount_tmpfs(disk, "6400k")  # room for fan/test and pump/train (2.9 MiB each), not also fan/train (3.9)
     try:
         out = disk / "out"
         done = data_prep(raw, out)
@@ -437,12 +437,12 @@ def test_h5py_error_while_writing_fails_only_that_shard(clean: tuple[Path, Path]
 
     real_add = ShardWriter._add
 
-    def boom(rows: int) -> None:
+    def boom(rows) -> None:
         raise OSError("Can't write data (file write failed: errno = 5, error message = 'Input/output error')")
 
     def add_with_failing_logmel(self: ShardWriter, clips, segments) -> None:
         if self.final_path.parent.name == "fan":  # h5py fails while writing this shard's log-mels
-            self.blocks["logmel"]._write = boom
+            self.blocks["logmel"]._write_chunks = boom
         real_add(self, clips, segments)
 
     monkeypatch.setattr(ShardWriter, "_add", add_with_failing_logmel)
@@ -465,10 +465,10 @@ def test_disk_full_for_a_moment_fails_that_shard_and_a_rerun_completes(bigger: t
 
     raw, reference = bigger
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "7m")  # the three shards take 1.4 + 2.9 + 1.4 MiB
+    _mount_tmpfs(disk, "11m")  # the three shards take 2.9 + 3.9 + 2.9 MiB
     try:
         filler = disk / "filler"
-        filler.write_bytes(b"\0" * (6 * 1024 * 1024 + 256 * 1024))  # the first shard (fan/test) does not fit
+        filler.write_bytes(b"\0" * (10 * 1024 * 1024 + 256 * 1024))  # the first shard (fan/test) does not fit
         real_write = shard_module._GuardedFile.write
 
         def write_then_free_space(self, data) -> int:
