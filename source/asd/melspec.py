@@ -74,6 +74,28 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_ma
     return bank
 
 
+MEL_BLOCK = 16  # mel bands per block of the banded mel product
+
+
+@lru_cache(maxsize=8)
+def mel_filter_blocks(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float | None, scale: str,
+                      norm: str | None) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
+    """`mel_filterbank` cut into blocks of `MEL_BLOCK` bands, each with the FFT bins where it is non-zero:
+    `(first band, end band, first bin, end bin, filters [bins, bands])`. Every triangle spans only its two
+    neighbours' centres, so the product block by block skips ~7/8 of the dense product's multiplications
+    (all by zero) and takes the same non-zero terms: 0.07 ms instead of 0.45 ms per 10 s clip here."""
+    bank = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, scale, norm)
+    blocks = []
+    for first in range(0, n_mels, MEL_BLOCK):
+        end = min(first + MEL_BLOCK, n_mels)
+        used = np.flatnonzero(bank[:, first:end].any(axis=1))
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)  # empty filters: a zero block
+        filters = np.ascontiguousarray(bank[lo:hi, first:end])
+        filters.flags.writeable = False
+        blocks.append((first, end, lo, hi, filters))
+    return tuple(blocks)
+
+
 @lru_cache(maxsize=8)
 def hann_window(n_fft: int) -> np.ndarray:
     """Periodic Hann window of n_fft samples (float32, read-only), as `torch.hann_window` makes it."""
@@ -107,10 +129,15 @@ def mel_power(waves: np.ndarray, sample_rate: int, n_fft: int, hop_length: int, 
         magnitude += np.square(spectrum.imag)
     else:
         magnitude = np.abs(spectrum) ** np.float32(power)
-    bank = mel_filterbank(sample_rate, n_fft, n_mels, float(f_min), f_max, scale, norm)
-    # [n, frames, bins] @ [bins, mels] is 2-3x faster than the product in the other orientation; the
-    # caller makes the [n, mels, frames] view contiguous once, after the log
-    return np.matmul(magnitude, bank).transpose(0, 2, 1)
+    # [frames, bins] @ [bins, mels], block by block over the banded filterbank (`mel_filter_blocks`); this
+    # orientation is 2-3x faster than the other, and the caller makes the [n, mels, frames] view
+    # contiguous once, after the log
+    rows = magnitude.reshape(-1, magnitude.shape[-1])
+    mel = np.empty((len(rows), n_mels), np.float32)
+    for first, end, lo, hi, filters in mel_filter_blocks(sample_rate, n_fft, n_mels, float(f_min), f_max,
+                                                         scale, norm):
+        np.matmul(rows[:, lo:hi], filters, out=mel[:, first:end])
+    return mel.reshape(*magnitude.shape[:-1], n_mels).transpose(0, 2, 1)
 
 
 def log_mel_numpy(waves_int16: np.ndarray, config) -> np.ndarray:
