@@ -42,7 +42,7 @@ SEGMENT_COLUMNS: dict[str, object] = {
 }
 TABLE_CHUNK_ROWS = 4096  # ~32 KiB per int64 chunk: inside SPEC §4's 10 KiB - 1 MiB band
 TABLE_CHUNK_MIN_BYTES = 16 * 1024  # narrow columns (int16) get more rows, so no chunk falls below 10 KiB
-BLOCK_BYTES = 8 * 1024 * 1024  # the writer stages about this much per big dataset before writing it
+BLOCK_BYTES = 8 * 1024 * 1024  # the commit reads a big dataset back in blocks of about this much
 
 
 class StaleShard(BadState, RuntimeError):
