@@ -487,12 +487,12 @@ def test_build_shard_alone_writes_what_run_prep_writes(tmp_path: Path) -> None:
     from joblib import Parallel
     from tqdm.auto import tqdm
 
-    from asd.layout import scan_raw_root
+    from asd.layout import scan_raw_records
     from asd.prep import _shard_plan, build_shard
 
     raw = build_dataset(tmp_path / "raw" / "ds", {"fan": (3, 0)}).parent
     cfg = PrepConfig(raw_dir=str(raw), out_dir=str(tmp_path / "alone"), jobs=1)
-    (path, clips, digest), = list(_shard_plan(scan_raw_root(raw)[0], cfg))
+    (path, clips, digest), = list(_shard_plan(scan_raw_records(raw)[0], cfg))
     summary = PrepSummary()
     with tqdm(disable=True) as bar:
         build_shard(path, clips, digest, cfg, summary, Parallel(n_jobs=1, return_as="generator"), bar)

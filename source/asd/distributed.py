@@ -66,7 +66,7 @@ def connect(spec: str):
 
 # ----------------------------------------------------------------- data_prep -----------------------------------
 
-def build_shard_task(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig) -> PrepSummary:
+def build_shard_task(path: Path, clips: list[dict], digest: str, cfg: PrepConfig) -> PrepSummary:
     """Worker side: build one shard (decoding in this worker's own thread) and return what it did."""
     from joblib import Parallel
     from tqdm.auto import tqdm
@@ -85,11 +85,11 @@ def build_shard_task(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConf
 
 def run_prep_distributed(cfg: PrepConfig, scheduler: str, log: Callable[[str], None] = print) -> PrepSummary:
     """`run_prep` with one Dask task per shard; the same shards, the same summary file."""
-    from asd.layout import scan_raw_root
+    from asd.layout import scan_raw_records
 
     start = time.perf_counter()
-    manifest, skipped_names = scan_raw_root(Path(cfg.raw_dir), list(cfg.machines) or None)
-    if manifest.empty:
+    manifest, skipped_names = scan_raw_records(Path(cfg.raw_dir), list(cfg.machines) or None)
+    if not manifest:
         raise FileNotFoundError(f"no DCASE-style clips under {cfg.raw_dir!r} (expected "
                                 "<dataset>/<machine>/train/*.wav)")
     summary = PrepSummary(files_skipped=list(skipped_names))

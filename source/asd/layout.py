@@ -7,6 +7,7 @@ the machine type; `attributes_00.csv` is optional extra information that is only
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 import re
@@ -14,8 +15,10 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,15 @@ def scan_raw_root(
     `dataset` is the path from `raw_root` to the machine folder's parent ("." when the machine folders
     sit directly under `raw_root`).
     """
+    import pandas as pd
+
+    rows, skipped = scan_raw_records(raw_root, machines)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), skipped
+
+
+def scan_raw_records(raw_root: Path, machines: list[str] | None = None) -> tuple[list[dict], list[SkippedFile]]:
+    """`scan_raw_root` as plain records (dicts with the `MANIFEST_COLUMNS` keys, in the same order):
+    data_prep's manifest, so its start-up needs no pandas."""
     raw_root = Path(raw_root).resolve()
     rows: list[dict] = []
     skipped: list[SkippedFile] = []
@@ -194,9 +206,8 @@ def scan_raw_root(
                 })
         check_attributes_csv(machine_dir, [r for r in rows if r["machine"] == machine
                                            and r["dataset"] == dataset])
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    manifest = manifest.sort_values(["dataset", "machine", "split_folder", "file_name"], kind="stable")
-    return manifest.reset_index(drop=True), skipped
+    rows.sort(key=lambda row: (row["dataset"], row["machine"], row["split_folder"], row["file_name"]))
+    return rows, skipped
 
 
 def rules_for(manifest: pd.DataFrame) -> str:
@@ -221,11 +232,11 @@ def _rules(styles: set[str], split_folders: set[str]) -> str:
     return "dcase2022"
 
 
-def attributes_from_csv_row(row: pd.Series) -> str:
+def attributes_from_csv_row(row: dict) -> str:
     """Rebuild the file-name attribute string from an attributes CSV row (d1p, d1v, d2p, d2v, ...)."""
     pairs = []
     n = 1
-    while f"d{n}p" in row.index:
+    while f"d{n}p" in row:
         key, value = row[f"d{n}p"], row.get(f"d{n}v")
         if isinstance(key, str) and key:
             pairs.append(f"{key}_{value}")
@@ -243,14 +254,16 @@ def check_attributes_csv(machine_dir: Path, rows: list[dict]) -> list[str]:
     by_name = {r["file_name"]: r["attributes"] for r in rows}
     for csv_path in sorted(machine_dir.glob("attributes_*.csv")):
         try:
-            table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-            if "file_name" not in table.columns:
-                raise ValueError("no 'file_name' column")
+            with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+                reader = csv.DictReader(handle)
+                if "file_name" not in (reader.fieldnames or []):
+                    raise ValueError("no 'file_name' column")
+                table = list(reader)
         except Exception as err:  # any parse failure: the names still carry the attributes
             problems.append(f"{csv_path}: unreadable ({err}); using the attributes in the file names")
             continue
         mismatched = 0
-        for _, csv_row in table.iterrows():
+        for csv_row in table:
             name = Path(str(csv_row["file_name"])).name
             if name not in by_name:
                 continue

@@ -8,6 +8,7 @@ only when it was built with the same settings from the same files; other setting
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -16,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
@@ -24,7 +24,7 @@ from asd.audio import BadAudio, probe, read_clip
 from asd.errors import BadInput, ShardWriteFailed
 from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
 from asd.heap import keep_freed_memory
-from asd.layout import SkippedFile, find_machine_dirs, scan_raw_root
+from asd.layout import SkippedFile, find_machine_dirs, scan_raw_records
 from asd.melspec import one_thread_each
 from asd.shard import StaleShard, read_shard_attrs
 from asd.shard_writer import SegmentBatch, ShardWriter
@@ -81,11 +81,11 @@ def shard_path(out_dir: Path, dataset: str, machine: str, split_folder: str) -> 
     return Path(out_dir) / dataset / machine / f"{split_folder}.h5"
 
 
-def source_digest(clips: pd.DataFrame) -> str:
+def source_digest(clips: list[dict]) -> str:
     """Hash of the shard's input files (relative path, size, modification time)."""
     digest = hashlib.sha256()
-    for rel, path in zip(clips["rel_path"], clips["path"], strict=True):
-        st = os.stat(path)
+    for clip in clips:
+        rel, st = clip["rel_path"], os.stat(clip["path"])
         digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -154,9 +154,12 @@ def clip_plan(path: str, config: FeatureConfig) -> tuple[int, bool]:
     return len(segment_starts(head.output_samples(config), config)[0]), head.sample_rate != config.sample_rate
 
 
-def _shard_plan(manifest: pd.DataFrame, cfg: PrepConfig) -> Iterator[tuple[Path, pd.DataFrame, str]]:
-    for (dataset, machine, split_folder), clips in manifest.groupby(
-            ["dataset", "machine", "split_folder"], sort=True):
+def _shard_plan(manifest: list[dict], cfg: PrepConfig) -> Iterator[tuple[Path, list[dict], str]]:
+    """Per shard, in order: its path, its clips (manifest records) and the digest of their files. The
+    manifest is sorted by dataset, machine and split folder (`layout.scan_raw_records`)."""
+    for (dataset, machine, split_folder), group in itertools.groupby(
+            manifest, key=lambda clip: (clip["dataset"], clip["machine"], clip["split_folder"])):
+        clips = list(group)
         yield shard_path(Path(cfg.out_dir), dataset, machine, split_folder), clips, source_digest(clips)
 
 
@@ -205,20 +208,20 @@ CLIP_FIELDS = ("rel_path", "file_name", "machine", "section", "domain", "split",
 class _ShardJob:
     """One shard being written from the results of its tasks."""
 
-    def __init__(self, path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig) -> None:
+    def __init__(self, path: Path, clips: list[dict], digest: str, cfg: PrepConfig) -> None:
         self.path, self.clips, self.digest = path, clips, digest
         self.offset = 0
-        plans = [clip_plan(p, cfg.features) for p in clips["path"]]
+        plans = [clip_plan(clip["path"], cfg.features) for clip in clips]
         self.expected = sum(n for n, _ in plans)
         self.resamples = any(r for _, r in plans)
-        first = clips.iloc[0]
+        first = clips[0]
         self.meta = {"dataset": first["dataset"], "machine": first["machine"], "split": first["split_folder"],
                      "source_root": str(Path(cfg.raw_dir).resolve()), "source_digest": digest}
         self.writer: ShardWriter | None = None
         self.failed: str | None = None
 
     def add(self, outcomes: list, batch: SegmentBatch | None, cfg: PrepConfig, summary: PrepSummary) -> None:
-        rows = self.clips.iloc[self.offset:self.offset + len(outcomes)].to_dict("records")
+        rows = self.clips[self.offset:self.offset + len(outcomes)]
         self.offset += len(outcomes)
         if self.failed:
             return
@@ -274,7 +277,7 @@ def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, 
                   progress: tqdm) -> None:
     """One stream of tasks over every shard, so the workers never wait at a shard boundary; the calling
     thread is the only writer, and commits (with its read-back check) while the workers go on."""
-    tasks = [(k, job.clips["path"].iloc[i:i + CLIPS_PER_TASK].tolist())
+    tasks = [(k, [clip["path"] for clip in job.clips[i:i + CLIPS_PER_TASK]])
              for k, job in enumerate(jobs) for i in range(0, len(job.clips), CLIPS_PER_TASK)]
     owners = [k for k, _ in tasks]
     throttle = Throttle(window=4 * max(1, abs(cfg.jobs) if cfg.jobs > 0 else (os.cpu_count() or 1)))
@@ -297,7 +300,7 @@ def _write_shards(jobs: list[_ShardJob], cfg: PrepConfig, summary: PrepSummary, 
             job.fail("interrupted")
 
 
-def build_shard(path: Path, clips: pd.DataFrame, digest: str, cfg: PrepConfig, summary: PrepSummary,
+def build_shard(path: Path, clips: list[dict], digest: str, cfg: PrepConfig, summary: PrepSummary,
                 parallel: Parallel, progress: tqdm) -> None:
     """Write one shard from its clips (the unit of work of a distributed run): leftovers of killed runs
     removed, bad files recorded in `summary`, a failed write recorded in `summary.shards_failed`."""
@@ -330,8 +333,8 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
         if unknown:
             raise BadInput(f"--machines: no machine type named {', '.join(map(repr, unknown))} under "
                            f"{cfg.raw_dir} (found: {', '.join(found) or 'none'})")
-    manifest, skipped_names = scan_raw_root(Path(cfg.raw_dir), list(cfg.machines) or None)
-    if manifest.empty:
+    manifest, skipped_names = scan_raw_records(Path(cfg.raw_dir), list(cfg.machines) or None)
+    if not manifest:
         raise BadInput(
             f"no DCASE-style clips under {cfg.raw_dir!r} (expected <dataset>/<machine>/train/*.wav). "
             "Make a synthetic dataset with `python source/main.py synth`, or point --raw-dir at your data."

@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from asd.errors import BadState
 from asd.features import SCHEMA_VERSION, FeatureConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STR = h5py.string_dtype("utf-8")  # variable length: DCASE names exceed any sensible fixed width
 
@@ -116,6 +119,8 @@ class Shard:
         return str(self.file.attrs["machine"])
 
     def _table(self, group: str) -> pd.DataFrame:
+        import pandas as pd  # here, not at the top: data_prep writes shards without pandas' 0.3 s import
+
         columns = {}
         for name, dataset in self.file[group].items():
             columns[name] = dataset.asstr()[()] if dataset.dtype == STR else dataset[()]
