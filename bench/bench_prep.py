@@ -1,7 +1,7 @@
 """Benchmark of data_prep: how close the parallel, writing pipeline gets to the bare decode+feature floor.
 
     python bench/bench_prep.py --clips 1000 --jobs 2            # floor vs end-to-end, one size
-    python bench/bench_prep.py --sweep 1000,4000,8000 --jobs 2  # peak memory per size (must stay flat)
+    python bench/bench_prep.py --sweep 1000,4000,8000 --jobs 2  # peak memory per size (must stop growing)
     python bench/bench_prep.py --clips 1000 --jobs 2 --profile  # plus a cProfile of the writer process
 
 Synthetic 10 s, 16 kHz, 16-bit mono clips in DCASE 2024 naming are written to a temporary folder (or
