@@ -25,7 +25,7 @@ TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 def keep_freed_memory() -> bool:
     """Ask glibc to serve blocks below 32 MB from its heap and to keep up to 256 MB of freed memory.
 
-    Process-wide and not undone (data_prep and `score` are short-lived processes of their own). Returns
+    Process-wide and not undone (data_prep and its Dask shard tasks call it: short-lived processes). Returns
     whether the setting took: False off Linux, on another C library (musl has no effective `mallopt`),
     or when glibc refuses a value."""
     if not sys.platform.startswith("linux"):
