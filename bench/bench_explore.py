@@ -3,7 +3,7 @@
     python bench/bench_explore.py --sweep 800,3200 --seconds 2
 
 For each size, synthetic clips (bench_prep's generator: DCASE 2024 names, two machine types, one clip in
-ten in test/) are written and prepped into a temporary folder, then `asd.explore.explore` runs in a fresh
+ten in test/) are written and prepped into a temporary folder, then `asd.reports.explore.explore` runs in a fresh
 Python process that reports its wall time, clips/s, the peak of Python + numpy allocations during the run
 (tracemalloc: flat when nothing is kept per clip) and its ru_maxrss (which includes torch's import).
 """
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MEASURE = r"""
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
-from asd.explore import ExploreConfig, explore
-import asd.shard, asd.features  # torch and h5py imported before measuring: the figure is explore's own
+from asd.reports.explore import ExploreConfig, explore
+import asd.cache.shard, asd.cache.features  # torch and h5py imported before measuring: the figure is explore's own
 config = ExploreConfig(processed_dir=sys.argv[2], out_dir=sys.argv[3])
 tracemalloc.start()
 start = time.perf_counter()
@@ -38,7 +38,7 @@ print(json.dumps({"wall": wall, "traced_peak_mib": peak / 2**20, "page_mib": pag
 
 
 def measure(n_clips: int, seconds: float, work: Path) -> dict:
-    from asd.prep import PrepConfig, run_prep
+    from asd.cache.build import PrepConfig, run_prep
     from bench_prep import generate
 
     raw, processed = work / f"raw{n_clips}", work / f"processed{n_clips}"

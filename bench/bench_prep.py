@@ -127,10 +127,10 @@ def _self_cpu_s() -> float:
 
 def measure_floor(raw: Path) -> dict:
     """Decode + segment + log-mel of every clip, one process, one thread, nothing written."""
-    from asd.audio import read_clip
-    from asd.features import FeatureConfig, segment_features
-    from asd.heap import keep_freed_memory
-    from asd.melspec import one_thread_each
+    from asd.cache.audio import read_clip
+    from asd.cache.features import FeatureConfig, segment_features
+    from asd.cache.heap import keep_freed_memory
+    from asd.cache.melspec import one_thread_each
 
     keep_freed_memory()  # as run_prep does: without it the floor pays ~600 page faults per clip
     config = FeatureConfig()
@@ -148,12 +148,12 @@ def measure_floor(raw: Path) -> dict:
 
 
 def measure_prep(raw: Path, out: Path, jobs: int, profile: bool) -> dict:
-    """End to end `asd.prep.run_prep`: worker start-up, decode, features, transfer, HDF5 writing."""
+    """End to end `asd.cache.build.run_prep`: worker start-up, decode, features, transfer, HDF5 writing."""
     from joblib import Parallel, delayed
     from joblib.externals.loky import get_reusable_executor
 
-    from asd.features import FeatureConfig
-    from asd.prep import PrepConfig, process_clips, run_prep
+    from asd.cache.build import PrepConfig, process_clips, run_prep
+    from asd.cache.features import FeatureConfig
 
     # Start the workers (and their torch import) apart, so start-up cost shows separately.
     start = time.perf_counter()

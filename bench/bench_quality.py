@@ -32,11 +32,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "source"))
 
-from asd.detector import TrainConfig  # noqa: E402
-from asd.metrics import dataset_score, metrics_table  # noqa: E402
-from asd.pipeline import discover, fit_shared, test_machine, train_machine  # noqa: E402
-from asd.prep import PrepConfig, run_prep  # noqa: E402
-from asd.synth import MACHINE_TYPES, generate_dataset  # noqa: E402
+from asd.cache.build import PrepConfig, run_prep  # noqa: E402
+from asd.dataset.synth import MACHINE_TYPES, generate_dataset  # noqa: E402
+from asd.engine.train import discover, fit_shared, test_machine, train_machine  # noqa: E402
+from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
+from asd.models.base import TrainConfig  # noqa: E402
 
 METRICS = ("AUC (source)", "AUC (target)", "pAUC", "official")
 

@@ -43,7 +43,7 @@ def peak_rss_mib() -> float:
 # --- one stage in its own process ---------------------------------------------------------------------
 def worker(args: argparse.Namespace) -> None:
     """Run one stage and print one JSON line: seconds, peak memory and what the stage measured."""
-    from asd.pipeline import discover, machine_dir
+    from asd.engine.train import discover, machine_dir
 
     (item,) = discover(Path(args.processed), [args.machine])
     run_dir = Path(args.run)
@@ -51,16 +51,16 @@ def worker(args: argparse.Namespace) -> None:
     result: dict = {}
     start = time.perf_counter()
     if args.worker == "train":
-        from asd.detector import load_detector
-        from asd.pipeline import train_machine
+        from asd.engine.train import train_machine
+        from asd.models.base import load_detector
 
         train_machine(item, run_dir / "ae", "ae", train)
         result.update(load_detector(machine_dir(run_dir / "ae", item) / "model.pt").stopping_)
     elif args.worker == "maha":
-        from asd.data import split_train_validation
-        from asd.detector import load_detector
-        from asd.pipeline import fit_thresholds
-        from asd.shard import Shard
+        from asd.cache.reading import split_train_validation
+        from asd.cache.shard import Shard
+        from asd.engine.train import fit_thresholds
+        from asd.models.base import load_detector
 
         detector = load_detector(machine_dir(run_dir / "ae", item) / "model.pt").with_score("mahalanobis")
         shard = Shard(item.train)
@@ -69,8 +69,8 @@ def worker(args: argparse.Namespace) -> None:
         fit_thresholds(detector, shard, val_clips, train_clips, train)
         detector.save(machine_dir(run_dir / "ae-maha", item) / "model.pt")
     else:  # test-ae / test-ae-maha
-        from asd.metrics import dataset_score, metrics_table
-        from asd.pipeline import test_machine
+        from asd.engine.train import test_machine
+        from asd.evaluation.metrics import dataset_score, metrics_table
 
         predictions, rules = test_machine(item, run_dir / args.worker.removeprefix("test-"), train)
         row = metrics_table(predictions, rules).iloc[0]
@@ -82,7 +82,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def _train_config(epochs: int | None, seed: int, threads: int):
-    from asd.detector import TrainConfig
+    from asd.models.base import TrainConfig
 
     return TrainConfig(epochs=epochs, seed=seed, device="cpu", threads=threads)
 
@@ -119,7 +119,7 @@ def measure_default(dataset: str, processed: Path, machine: str, seed: int, thre
     """The default model's `run` command on one machine type: wall time, peak memory and its scores."""
     import pandas as pd
 
-    from asd.cli_run import DEFAULT_MODEL
+    from asd.cli.run import DEFAULT_MODEL
 
     run_dir = work / f"run-{dataset}-default-seed{seed}".replace(" ", "_")
     seconds, peak = run_command_measured(
@@ -207,7 +207,7 @@ def _default_record(dataset: str, model: str, part, same_dataset) -> dict:
 
 
 def prepare(raw: Path, processed: Path, jobs: int) -> None:
-    from asd.prep import PrepConfig, run_prep
+    from asd.cache.build import PrepConfig, run_prep
 
     summary = run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(processed), jobs=jobs), show_progress=False)
     print(f"data_prep {raw}: {summary.seconds:.1f} s ({summary.clips} clips prepared, "
@@ -246,7 +246,7 @@ def main() -> None:
     elif args.real_seeds > 0:
         print(f"real set absent ({real}): skipped", flush=True)
     if args.synth_seeds > 0:
-        from asd.synth import generate_dataset
+        from asd.dataset.synth import generate_dataset
 
         raw = work / "raw"
         if not (raw / "synth" / args.machine).is_dir():

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "source"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from asd.data import load_frames, segment_rows_of, split_train_validation, stream_segments  # noqa: E402
+from asd.cache.reading import load_frames, segment_rows_of, split_train_validation, stream_segments  # noqa: E402
+from asd.cache.shard import Shard  # noqa: E402
 from asd.models.autoencoder_net import DcaseAutoencoder, frames_to_vectors, strided_vectors  # noqa: E402
 from asd.models.training import Adam  # noqa: E402
-from asd.shard import Shard  # noqa: E402
 
 
 def best_of(function, repeats: int) -> float:

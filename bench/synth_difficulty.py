@@ -26,7 +26,7 @@ import torch
 import torchaudio
 from sklearn.metrics import roc_auc_score
 
-from asd.synth import MACHINE_TYPES, generate_dataset
+from asd.dataset.synth import MACHINE_TYPES, generate_dataset
 
 
 def logmel_stats(paths: list[Path], sr: int, batch: int = 128) -> np.ndarray:

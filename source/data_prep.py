@@ -2,7 +2,7 @@
 
     python source/data_prep.py [--raw-dir data/raw] [--out-dir data/processed] [--jobs N] ...
 
-See `python source/data_prep.py --help`; the work is done in `asd.prep`.
+See `python source/data_prep.py --help`; the work is done in `asd.cache.build`.
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a checkout without installing
 
-from asd.cli_prep import prep_command  # noqa: E402
+from asd.cli.prep import prep_command  # noqa: E402
 
 if __name__ == "__main__":
     prep_command()

@@ -97,10 +97,10 @@ def make_dataset() -> Callable[..., Path]:
 
 def assert_shard_matches_sources(shard_path: Path, raw_root: Path) -> None:
     """Every stored segment equals the source samples at its start sample, and its log-mel equals its
-    frames of `asd.features.clip_log_mel` of the whole (zero-padded) clip. For 16-bit mono clips at the
+    frames of `asd.cache.features.clip_log_mel` of the whole (zero-padded) clip. For 16-bit mono clips at the
     shard's rate."""
-    from asd.features import clip_log_mel, first_frames
-    from asd.shard import Shard
+    from asd.cache.features import clip_log_mel, first_frames
+    from asd.cache.shard import Shard
 
     shard = Shard(shard_path)
     config = shard.feature_config
@@ -133,8 +133,8 @@ def check_round_trip() -> Callable[[Path, Path], None]:
 def prepared_synthetic_machine(tmp_path_factory: pytest.TempPathFactory, machine: str, scale: float,
                                anomaly_strength: float, clip_seconds: float = 2.0) -> Path:
     """One synthetic machine type (seed 0), prepared with the default features: its processed folder."""
-    from asd.prep import PrepConfig, run_prep
-    from asd.synth import generate_dataset
+    from asd.cache.build import PrepConfig, run_prep
+    from asd.dataset.synth import generate_dataset
 
     raw = tmp_path_factory.mktemp("raw") / "synth"
     generate_dataset(raw, seed=0, scale=scale, machines=[machine], anomaly_strength=anomaly_strength,

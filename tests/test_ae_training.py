@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from asd.data import segment_rows_of, split_train_validation
-from asd.detector import TrainConfig, load_detector, reduce_selective
+from asd.cache.build import PrepConfig, run_prep
+from asd.cache.reading import segment_rows_of, split_train_validation
+from asd.cache.shard import Shard
 from asd.models.autoencoder import AutoencoderDetector, AutoencoderDetectorConfig
 from asd.models.autoencoder_net import frames_to_vectors, strided_vectors
+from asd.models.base import TrainConfig, load_detector, reduce_selective
 from asd.models.training import EarlyStopping
-from asd.prep import PrepConfig, run_prep
-from asd.shard import Shard
 from conftest import build_dataset
 
 

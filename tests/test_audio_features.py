@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from asd.audio import BadAudio, read_clip
-from asd.features import (
+from asd.cache.audio import BadAudio, read_clip
+from asd.cache.features import (
     FeatureConfig,
     clip_log_mel,
     cut_segments,

@@ -12,13 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from asd.cache.build import PrepConfig, run_prep
+from asd.cache.features import FeatureConfig
+from asd.cache.shard import StaleShard, find_shards
 from asd.cli import main
-from asd.cli_prep import prep_command
-from asd.distributed import check_scheduler, run_prep_distributed
-from asd.features import FeatureConfig
-from asd.prep import PrepConfig, run_prep
-from asd.shard import StaleShard, find_shards
-from asd.synth import generate_dataset
+from asd.cli.prep import prep_command
+from asd.dataset.synth import generate_dataset
+from asd.engine.distributed import check_scheduler, run_prep_distributed
 
 MACHINES = ["fan", "valve"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from asd.download import Archive, DownloadError, download_dataset, load_catalog, select_archives
-from asd.layout import scan_raw_root
+from asd.dataset.download import Archive, DownloadError, download_dataset, load_catalog, select_archives
+from asd.dataset.layout import scan_raw_root
 
 
 def make_zip(machine: str, split: str, n: int = 3, prefix: str = "") -> bytes:

@@ -13,15 +13,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from asd.data import split_train_validation
-from asd.detector import FingerprintMismatch, TrainConfig, load_detector
-from asd.features import FeatureConfig
+from asd.cache.build import PrepConfig, run_prep
+from asd.cache.features import FeatureConfig
+from asd.cache.reading import split_train_validation
+from asd.cache.shard import Shard
+from asd.dataset.synth import generate_dataset
+from asd.models.base import FingerprintMismatch, TrainConfig, load_detector
 from asd.models.embedding import EmbeddingDetector, EmbeddingDetectorConfig
 from asd.models.embedding_data import augmented_labels, class_weights, clip_class_names, mel_shift
 from asd.models.registry import make_detector
-from asd.prep import PrepConfig, run_prep
-from asd.shard import Shard
-from asd.synth import generate_dataset
 
 # Small but complete: the shift task and mixup stay on, the network is the default one.
 FAST = EmbeddingDetectorConfig(epochs=2, batch_size=32)
@@ -146,8 +146,8 @@ def test_mel_shift_and_labels() -> None:
 
 
 def test_one_network_learns_every_machine_type_of_a_dataset(processed: dict[str, Path], tmp_path: Path) -> None:
-    from asd.metrics import metrics_table
-    from asd.pipeline import discover, fit_shared, test_machine, train_machine
+    from asd.engine.train import discover, fit_shared, test_machine, train_machine
+    from asd.evaluation.metrics import metrics_table
 
     items = discover(processed["default"].parent)  # the dataset's folder: fan and valve
     assert [item.machine for item in items] == ["fan", "valve"]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd.data import split_train_validation
-from asd.detector import TrainConfig, load_detector
+from asd.cache.reading import split_train_validation
+from asd.cache.shard import Shard
+from asd.models.base import TrainConfig, load_detector
 from asd.models.ensemble import EnsembleDetector, EnsembleDetectorConfig, standardisation_table, standardise
-from asd.shard import Shard
 from conftest import prepared_synthetic_machine
 
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from asd.cache.build import PrepConfig, run_prep
 from asd.cli import main
-from asd.evaluate import EvaluationError, evaluate_folder, jackknife, load_ground_truth
-from asd.metrics import auc_or_nan
-from asd.prep import PrepConfig, run_prep
-from asd.synth import generate_dataset
+from asd.dataset.synth import generate_dataset
+from asd.evaluation.ground_truth import EvaluationError, evaluate_folder, jackknife, load_ground_truth
+from asd.evaluation.metrics import auc_or_nan
 
 MACHINES = ["fan", "valve"]
 
@@ -132,8 +132,8 @@ def test_jackknife_matches_its_definition():
 
 
 def test_dcase2021_layout_gives_2021_rules(tmp_path):
-    from asd.metrics import dataset_score
-    from asd.submission import write_submission_files
+    from asd.evaluation.metrics import dataset_score
+    from asd.evaluation.submission import write_submission_files
 
     rng = np.random.default_rng(2)
     rows = []

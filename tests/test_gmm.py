@@ -9,12 +9,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
-from asd.data import split_train_validation
-from asd.detector import TrainConfig, load_detector
+from asd.cache.reading import split_train_validation
+from asd.cache.shard import Shard
+from asd.models.base import TrainConfig, load_detector
 from asd.models.gmm import DiagonalGmm, GmmDetector, GmmDetectorConfig
 from asd.models.pooling import _frames_of_clip, gwrp_pool, gwrp_weights
 from asd.models.registry import make_detector
-from asd.shard import Shard
 from conftest import prepared_synthetic_machine
 
 TRAIN = TrainConfig(seed=0, device="cpu", val_fraction=0.1)

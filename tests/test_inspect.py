@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from asd.cache.build import PrepConfig, run_prep, shard_path
+from asd.cache.features import FeatureConfig
+from asd.cache.shard import Shard
+from asd.cache.writer import ShardWriter
 from asd.cli import main
-from asd.features import FeatureConfig
-from asd.prep import PrepConfig, run_prep, shard_path
-from asd.shard import Shard
-from asd.shard_writer import ShardWriter
 from conftest import PROJECT_ROOT, REAL_ROOT, build_dataset, requires_real, write_wav
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from asd.audio import read_clip
-from asd.features import FeatureConfig, clip_log_mel
+from asd.cache.audio import read_clip
+from asd.cache.build import PrepConfig, run_prep
+from asd.cache.features import FeatureConfig, clip_log_mel
+from asd.cache.shard import Shard
 from asd.models.clip_crops import fit_length, load_clip_frames, random_crops, windows
 from asd.models.knn_domain import DomainKnn, nearest_distance
-from asd.prep import PrepConfig, run_prep
-from asd.shard import Shard
 from conftest import write_wav
 
 

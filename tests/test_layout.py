@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asd.layout import (
+from asd.dataset.layout import (
     MANIFEST_COLUMNS,
     ClipName,
     UnparseableName,

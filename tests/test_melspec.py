@@ -1,4 +1,4 @@
-"""The numpy log-mel (asd.melspec) against torchaudio's, and data_prep running without importing torch."""
+"""The numpy log-mel (asd.cache.melspec) against torchaudio's, and data_prep running without importing torch."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 import torch
 import torchaudio
 
-from asd.features import FeatureConfig, log_mel
-from asd.melspec import mel_filter_blocks, mel_filterbank, mel_power, one_thread_each
+from asd.cache.features import FeatureConfig, log_mel
+from asd.cache.melspec import mel_filter_blocks, mel_filterbank, mel_power, one_thread_each
 from conftest import PROJECT_ROOT, build_dataset, write_wav
 
 
 def _torchaudio_log_mel(waves_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """The reference: what features.py computed with torchaudio before asd.melspec (schema 2)."""
+    """The reference: what features.py computed with torchaudio before asd.cache.melspec (schema 2)."""
     transform = torchaudio.transforms.MelSpectrogram(
         sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
         f_min=config.f_min, f_max=config.f_max, n_mels=config.n_mels, power=config.power,
@@ -119,7 +119,7 @@ def test_one_thread_each_restores_torch_threads() -> None:
 
 _PREP_AND_REPORT = """
 import sys
-from asd.cli_prep import prep_command
+from asd.cli.prep import prep_command
 try:
     prep_command.main(args=sys.argv[1:], standalone_mode=False)
 finally:

@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from asd.metrics import (
+from asd.evaluation.metrics import (
     COLUMNS_2022,
     dataset_score,
     is_measurable,

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from asd.cache.build import PrepConfig, run_prep
+from asd.cache.features import FeatureConfig
+from asd.cache.shard import Shard
 from asd.cli import main
-from asd.detector import FingerprintMismatch, load_detector
-from asd.features import FeatureConfig
-from asd.prep import PrepConfig, run_prep
-from asd.shard import Shard
-from asd.submission import recompute_from_submission
-from asd.synth import generate_dataset
+from asd.dataset.synth import generate_dataset
+from asd.evaluation.submission import recompute_from_submission
+from asd.models.base import FingerprintMismatch, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINES = ["fan", "valve"]
@@ -194,8 +194,8 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
 
 
 def test_false_alarm_rate_is_measured_on_clips_the_threshold_did_not_see() -> None:
-    from asd.detector import TrainConfig
-    from asd.pipeline import cross_fitted_false_alarm_rate
+    from asd.engine.train import cross_fitted_false_alarm_rate
+    from asd.models.base import TrainConfig
 
     train = TrainConfig(threshold_method="percentile", threshold_percentile=90.0)
     normal = np.random.default_rng(0).gamma(2.0, 1.0, 2000)

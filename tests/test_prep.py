@@ -17,11 +17,11 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from asd.cli_prep import prep_command
-from asd.features import FeatureConfig
-from asd.prep import CLIPS_PER_TASK, PrepConfig, PrepSummary, run_prep, shard_path
-from asd.shard import Shard, StaleShard, find_shards, segment_name
-from asd.shard_writer import ShardWriter
+from asd.cache.build import CLIPS_PER_TASK, PrepConfig, PrepSummary, run_prep, shard_path
+from asd.cache.features import FeatureConfig
+from asd.cache.shard import Shard, StaleShard, find_shards, segment_name
+from asd.cache.writer import ShardWriter
+from asd.cli.prep import prep_command
 from conftest import (
     PROJECT_ROOT,
     REAL_ROOT,
@@ -270,8 +270,8 @@ def test_data_prep_entry_script_runs(tmp_path: Path) -> None:
 KILL_AFTER_FIRST_BATCH = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[3])
-    from asd.shard_writer import ShardWriter
-    from asd.prep import PrepConfig, run_prep
+    from asd.cache.writer import ShardWriter
+    from asd.cache.build import PrepConfig, run_prep
 
     real_add_clips = ShardWriter.add_clips
 
@@ -487,8 +487,8 @@ def test_build_shard_alone_writes_what_run_prep_writes(tmp_path: Path) -> None:
     from joblib import Parallel
     from tqdm.auto import tqdm
 
-    from asd.layout import scan_raw_records
-    from asd.prep import _shard_plan, build_shard
+    from asd.cache.build import _shard_plan, build_shard
+    from asd.dataset.layout import scan_raw_records
 
     raw = build_dataset(tmp_path / "raw" / "ds", {"fan": (3, 0)}).parent
     cfg = PrepConfig(raw_dir=str(raw), out_dir=str(tmp_path / "alone"), jobs=1)

@@ -20,11 +20,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+from asd.cache.build import PrepConfig, run_prep
+from asd.cache.clips import find_clip_rows, iter_shard_clips
+from asd.cache.features import FeatureConfig
 from asd.cli import main
-from asd.clip_reader import find_clip_rows, iter_shard_clips
-from asd.explore_stats import attribute_pairs, level_stats
-from asd.features import FeatureConfig
-from asd.prep import PrepConfig, run_prep
+from asd.reports.explore_stats import attribute_pairs, level_stats
 from conftest import build_dataset, dcase2024_name, write_wav
 
 
@@ -160,7 +160,7 @@ def test_explore_refuses_bad_options(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """A short run on a tiny two-machine synthetic dataset, and a copy of it (a second run to compare)."""
-    from asd.synth import generate_dataset
+    from asd.dataset.synth import generate_dataset
 
     base = tmp_path_factory.mktemp("runs")
     generate_dataset(base / "raw" / "synth", seed=1, scale=0.03, machines=["fan", "valve"], clip_seconds=2.0,

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from asd.features import FeatureConfig
-from asd.heap import keep_freed_memory
-from asd.shard import Shard
-from asd.shard_writer import SegmentBatch, ShardWriter, _Digest, row_checksums
+from asd.cache.features import FeatureConfig
+from asd.cache.heap import keep_freed_memory
+from asd.cache.shard import Shard
+from asd.cache.writer import SegmentBatch, ShardWriter, _Digest, row_checksums
 
 CONFIG = FeatureConfig(segment_seconds=0.25, hop_seconds=0.25, n_mels=16)  # small rows, several per chunk
 

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asd.metrics import dataset_score, machine_results, metrics_table
-from asd.plots import plot_loss_curve, plot_roc, plot_score_histograms
-from asd.submission import (
+from asd.evaluation.metrics import dataset_score, machine_results, metrics_table
+from asd.evaluation.submission import (
     domain_and_label,
     predictions_from_submission,
     read_submission_scores,
@@ -22,6 +21,7 @@ from asd.submission import (
     write_submission_files,
     write_summary,
 )
+from asd.reports.plots import plot_loss_curve, plot_roc, plot_score_histograms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

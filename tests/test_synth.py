@@ -1,4 +1,4 @@
-"""Tests for the synthetic DCASE-like dataset generator (asd.synth)."""
+"""Tests for the synthetic DCASE-like dataset generator (asd.dataset.synth)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import scipy.signal
 import soundfile as sf
 
-from asd.synth import MACHINE_TYPES, SynthConfig, generate_dataset, plan_clips, render_clip
-from asd.synth.config import CONFIG_FILE
-from asd.synth.dataset import ClipSpec
+from asd.dataset.synth import MACHINE_TYPES, SynthConfig, generate_dataset, plan_clips, render_clip
+from asd.dataset.synth.config import CONFIG_FILE
+from asd.dataset.synth.dataset import ClipSpec
 
 SR = 16000
 NAME_2024 = re.compile(

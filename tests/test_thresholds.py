@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from asd.thresholds import ThresholdFit, decide, false_alarm_rate, fit_threshold
+from asd.evaluation.thresholds import ThresholdFit, decide, false_alarm_rate, fit_threshold
 
 
 def test_gamma_fit_recovers_true_90th_percentile() -> None:

@@ -14,7 +14,7 @@ def check_shard(path: Path) -> None:
     A truncated or overwritten HDF5 file fails here, before any training; data_prep treats such a file as
     missing and rebuilds it. An incomplete or stale shard raises StaleShard (also an AsdError).
     """
-    from asd.shard import Shard
+    from asd.cache.shard import Shard
 
     rebuild = "`python source/data_prep.py` rebuilds it (same --raw-dir/--out-dir as before)"
     try:

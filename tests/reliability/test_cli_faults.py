@@ -277,13 +277,13 @@ def test_read_only_output_dir(data, read_only_dir) -> None:
 
 @pytest.mark.parametrize("error", [KeyError("a bug"), RuntimeError("CUDA out of memory (simulated)")])
 def test_a_bug_keeps_its_traceback(data, tmp_path, monkeypatch, error) -> None:
-    import asd.pipeline
+    import asd.engine.train
     from asd.cli import main
 
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(asd.pipeline, "train_machine", broken)
+    monkeypatch.setattr(asd.engine.train, "train_machine", broken)
     result = CliRunner().invoke(main, ["train", "--processed-dir", str(data["processed"]), "--output-dir",
                                        str(tmp_path / "r"), *FAST])
     assert result.exception is error  # not turned into a one-line message
@@ -293,8 +293,8 @@ def test_a_bug_keeps_its_traceback(data, tmp_path, monkeypatch, error) -> None:
 # --- kill -9 mid-run, then rerun -------------------------------------------------------------------------
 
 def test_kill_during_train_then_rerun_gives_identical_scores(data, tmp_path) -> None:
-    from asd.detector import load_detector
-    from asd.shard import Shard
+    from asd.cache.shard import Shard
+    from asd.models.base import load_detector
 
     out = tmp_path / "run"
     args = [sys.executable, MAIN, "train", "--processed-dir", str(data["processed"]), "--output-dir", str(out),
@@ -337,8 +337,8 @@ def test_help_imports_no_torch_and_lists_every_command() -> None:
 
 
 def test_literal_choices_match_the_registry() -> None:
-    from asd.cli_options import MODEL_NAMES, REDUCERS
-    from asd.detector import REDUCERS as DETECTOR_REDUCERS
+    from asd.cli.options import MODEL_NAMES, REDUCERS
+    from asd.models.base import REDUCERS as DETECTOR_REDUCERS
     from asd.models.registry import MODELS
 
     assert tuple(MODELS) == MODEL_NAMES and REDUCERS == DETECTOR_REDUCERS

@@ -399,7 +399,7 @@ def test_full_disk_fails_cleanly_and_commits_nothing_unverified(bigger: tuple[Pa
 
 
 def _prep_in_process(raw: Path, out: Path):
-    from asd.prep import PrepConfig, run_prep
+    from asd.cache.build import PrepConfig, run_prep
 
     return run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out), jobs=1), show_progress=False)
 
@@ -408,7 +408,7 @@ def test_bytes_that_do_not_read_back_are_never_committed(clean: tuple[Path, Path
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A write the file system lost (the data on disk is not what was handed to h5py) is caught by the
     read-back before the rename: that shard fails, the others are committed as in a clean run."""
-    from asd.shard_writer import ShardWriter
+    from asd.cache.writer import ShardWriter
 
     real_verify = ShardWriter._verify
 
@@ -433,7 +433,7 @@ def test_bytes_that_do_not_read_back_are_never_committed(clean: tuple[Path, Path
 
 def test_h5py_error_while_writing_fails_only_that_shard(clean: tuple[Path, Path], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from asd.shard_writer import ShardWriter
+    from asd.cache.writer import ShardWriter
 
     real_add = ShardWriter._add
 
@@ -461,7 +461,7 @@ def test_disk_full_for_a_moment_fails_that_shard_and_a_rerun_completes(bigger: t
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The case that used to pass as complete: writes fail with ENOSPC, then space comes back while the
     writer goes on. The shard is failed (never committed); the next run writes it whole."""
-    from asd import shard_writer as shard_module
+    from asd.cache import writer as shard_module
 
     raw, reference = bigger
     disk = tmp_path / "disk"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
+from asd.cache.features import FeatureConfig
 from asd.errors import BadInput
-from asd.features import FeatureConfig
 
 MAX_CLIP_SECONDS = 600.0  # longer recordings are refused (cut them into clips): bounds decoding memory
 MAX_CHANNELS = 32

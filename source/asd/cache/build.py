@@ -20,14 +20,14 @@ from pathlib import Path
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from asd.audio import BadAudio, probe, read_clip
+from asd.cache.audio import BadAudio, probe, read_clip
+from asd.cache.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
+from asd.cache.heap import keep_freed_memory
+from asd.cache.melspec import one_thread_each
+from asd.cache.shard import StaleShard, read_shard_attrs
+from asd.cache.writer import SegmentBatch, ShardWriter
+from asd.dataset.layout import SkippedFile, find_machine_dirs, scan_raw_records
 from asd.errors import BadInput, ShardWriteFailed
-from asd.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
-from asd.heap import keep_freed_memory
-from asd.layout import SkippedFile, find_machine_dirs, scan_raw_records
-from asd.melspec import one_thread_each
-from asd.shard import StaleShard, read_shard_attrs
-from asd.shard_writer import SegmentBatch, ShardWriter
 
 CLIPS_PER_TASK = 16  # one task = this many clips: amortises dispatch, bounds the memory in flight
 
@@ -352,7 +352,7 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
         else:
             todo.append((path, clips, digest))
     n_todo = sum(len(clips) for _, clips, _ in todo)
-    keep_freed_memory()  # no page faults for every clip's temporaries (asd.heap)
+    keep_freed_memory()  # no page faults for every clip's temporaries (asd.cache.heap)
     # Threads by default: decoding and the STFT release the GIL, and results need no pickling (a process
     # pool spent more time shipping ~0.5 MB per clip than computing it; see bench/README.md). `prefer` is
     # only a hint, so joblib.parallel_config(backend=...) around this call still chooses the backend.

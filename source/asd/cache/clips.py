@@ -116,8 +116,8 @@ def iter_raw_clips(manifest, config, with_audio: bool = True) -> Iterator[ClipDa
 
     Yields ClipData, or `(rel_path, reason)` for a file that cannot be decoded.
     """
-    from asd.audio import BadAudio, read_clip
-    from asd.features import log_mel
+    from asd.cache.audio import BadAudio, read_clip
+    from asd.cache.features import log_mel
 
     for row in manifest.itertuples(index=False):
         try:

@@ -14,7 +14,7 @@ import numpy as np
 
 # Bump when the shard layout or the meaning of a stored value changes: old caches are then refused.
 # 2: log-mel computed over the whole clip and cut per segment (was: per segment, padded at every edge).
-# Not bumped when the log-mel moved from torchaudio to numpy (asd.melspec): the same transform, equal
+# Not bumped when the log-mel moved from torchaudio to numpy (asd.cache.melspec): the same transform, equal
 # within float32 rounding (tests/test_melspec.py: <= 1e-3 dB on random int16 audio), so caches stay valid.
 SCHEMA_VERSION = 2
 
@@ -115,9 +115,9 @@ def log_mel(segments_int16: np.ndarray, config: FeatureConfig) -> np.ndarray:
     (centred STFT: frame f is centred at sample f * hop_length, reflect-padded at both ends).
 
     Same scale as the DCASE baseline: `(20 / power) * log10(mel + eps)`, i.e. decibels for power 2.
-    Computed in numpy (`asd.melspec`), equal to torchaudio's `MelSpectrogram` within float32 rounding.
+    Computed in numpy (`asd.cache.melspec`), equal to torchaudio's `MelSpectrogram` within float32 rounding.
     """
-    from asd.melspec import log_mel_numpy
+    from asd.cache.melspec import log_mel_numpy
 
     return log_mel_numpy(segments_int16, config)
 

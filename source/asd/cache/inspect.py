@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asd.features import FeatureConfig
-from asd.shard import Shard
+from asd.cache.features import FeatureConfig
+from asd.cache.shard import Shard
 
 _SETTINGS_FIRST = ("dataset", "machine", "split", "fingerprint", "schema_version", "package_version",
                    "created_utc", "source_root", "source_digest")

@@ -142,7 +142,7 @@ def mel_power(waves: np.ndarray, sample_rate: int, n_fft: int, hop_length: int, 
 
 def log_mel_numpy(waves_int16: np.ndarray, config) -> np.ndarray:
     """Log-mel `[n, n_mels, frames]` (float32) of int16 signals `[n, samples]` under an
-    `asd.features.FeatureConfig`: `(20 / power) * log10(mel + eps)`, decibels for power 2."""
+    `asd.cache.features.FeatureConfig`: `(20 / power) * log10(mel + eps)`, decibels for power 2."""
     waves = np.multiply(waves_int16, np.float32(1.0 / 32768.0), dtype=np.float32)  # a new array
     mel = mel_power(waves, config.sample_rate, config.n_fft, config.hop_length, config.n_mels, config.power,
                     config.f_min, config.f_max, config.mel_scale, config.mel_norm)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from asd.shard import Shard
+from asd.cache.shard import Shard
 
 
 def split_train_validation(clips: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

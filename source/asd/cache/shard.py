@@ -10,7 +10,7 @@ Layout of a shard:
     /waveform    int16   [n_segments, segment_samples]
     /logmel      float32 [n_segments, n_mels, n_frames]
 
-A shard is written (by :mod:`asd.shard_writer`) under a temporary name and renamed when complete and
+A shard is written (by :mod:`asd.cache.writer`) under a temporary name and renamed when complete and
 verified, so a file with the final name is always whole. Readers open the file lazily and reopen after a
 fork (safe in DataLoader workers).
 """
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from asd.cache.features import SCHEMA_VERSION, FeatureConfig
 from asd.errors import BadState
-from asd.features import SCHEMA_VERSION, FeatureConfig
 
 if TYPE_CHECKING:
     import pandas as pd

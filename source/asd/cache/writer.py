@@ -1,6 +1,6 @@
 """Writing a shard (SPEC §4): `ShardWriter` writes segments batch by batch to a temporary file, digests every
 row's checksum as it goes, reads the closed file back before the atomic rename, and fails the shard cleanly (nothing
-committed) when any write fails, a full disk included. The layout itself lives in :mod:`asd.shard`.
+committed) when any write fails, a full disk included. The layout itself lives in :mod:`asd.cache.shard`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import h5py
 import numpy as np
 
 from asd import __version__
-from asd.errors import ShardWriteFailed
-from asd.features import SCHEMA_VERSION, FeatureConfig
-from asd.shard import (
+from asd.cache.features import SCHEMA_VERSION, FeatureConfig
+from asd.cache.shard import (
     BLOCK_BYTES,
     CLIP_COLUMNS,
     SEGMENT_COLUMNS,
@@ -31,6 +30,7 @@ from asd.shard import (
     partial_path,
     segment_name,
 )
+from asd.errors import ShardWriteFailed
 
 _WEIGHTS: dict[int, np.ndarray] = {}
 
@@ -88,7 +88,7 @@ class SegmentBatch:
 
     @classmethod
     def from_features(cls, segments: list) -> SegmentBatch:
-        """From per-clip `asd.features.SegmentFeatures` (or `(waveforms, logmels, start samples)`)."""
+        """From per-clip `asd.cache.features.SegmentFeatures` (or `(waveforms, logmels, start samples)`)."""
         parts = [(f[0], f[1], f[2], np.full(len(f[0]), -1, np.int64)) if isinstance(f, tuple)
                  else (f.waves, f.logmels, f.starts, f.first_frames) for f in segments]
         waves = np.concatenate([np.asarray(p[0], dtype=np.int16) for p in parts])
@@ -319,7 +319,7 @@ class ShardWriter:
 
     def add_clips(self, clips: list[dict], segments: list | SegmentBatch) -> None:
         """Append a batch of clips: their clip-table rows (without the CSR fields) and their segments, as
-        a `SegmentBatch` or, per clip, its `asd.features.SegmentFeatures` (or `(waveforms, logmels,
+        a `SegmentBatch` or, per clip, its `asd.cache.features.SegmentFeatures` (or `(waveforms, logmels,
         start samples)`)."""
         if not clips:
             return

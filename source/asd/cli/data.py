@@ -26,7 +26,7 @@ def download_command(dataset, dev, eval_, machines, raw_dir, base_url, keep_arch
     """Fetch, verify (size, MD5, CRC of every member) and unpack a DCASE Task 2 set (dcase2020t2 ...
     dcase2025t2) into <raw-dir>/<dataset>/<dev_data|eval_data>/raw/<machine>/. Resumable; a second run
     only checks."""
-    from asd.download import DownloadError, download_dataset, load_catalog, select_archives
+    from asd.dataset.download import DownloadError, download_dataset, load_catalog, select_archives
 
     try:
         table = load_catalog(catalog)
@@ -55,7 +55,7 @@ def evaluate_command(ground_truth: Path, no_ci: bool, folders: tuple[Path, ...])
 
 def run_evaluation(ground_truth: Path, folders, with_ci: bool = True) -> None:
     """Evaluate every submission folder found in `folders`; exit 2 with every mismatch listed."""
-    from asd.evaluate import (
+    from asd.evaluation.ground_truth import (
         EvaluationError,
         evaluate_folder,
         format_evaluation,
@@ -96,9 +96,9 @@ def run_evaluation(ground_truth: Path, folders, with_ci: bool = True) -> None:
 def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     """`python source/main.py --scheduler ...`: the default train+test run, one Dask task per machine type
     (x seed). Exit 1 when a task failed (the others' results are written; a rerun finishes the rest)."""
-    from asd.detector import FingerprintMismatch
-    from asd.distributed import check_scheduler, run_distributed
-    from asd.shard import StaleShard
+    from asd.cache.shard import StaleShard
+    from asd.engine.distributed import check_scheduler, run_distributed
+    from asd.models.base import FingerprintMismatch
 
     try:
         check_scheduler(scheduler)
@@ -106,7 +106,7 @@ def distributed_run(scheduler: str, seeds: str, options: dict) -> None:
     except ValueError as err:
         raise click.UsageError(str(err) if "scheduler" in str(err) else f"--seeds {seeds!r}: expected 0,1,2") \
             from None
-    from asd.run_stages import new_run_dir, train_config_from_options
+    from asd.engine.stages import new_run_dir, train_config_from_options
 
     if options.get("members") or options.get("model_option"):
         raise click.UsageError("--members/--model-option are not passed to --scheduler tasks yet; run without "

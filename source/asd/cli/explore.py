@@ -1,4 +1,4 @@
-"""`python source/main.py explore`: the dataset pages (see `asd.explore`)."""
+"""`python source/main.py explore`: the dataset pages (see `asd.reports.explore`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: str, out_dir: Path,
                     examples: int, audio_seconds: float, least_typical: int, max_page_mb: float) -> None:
     """One self-contained HTML page per dataset: counts, levels, spectra, example clips, odd clips, notes."""
-    from asd.explore import ExploreConfig, ExploreError, explore
+    from asd.reports.explore import ExploreConfig, ExploreError, explore
 
     if processed_dir is not None and raw_dir is not None:
         raise click.UsageError("give --processed-dir or --raw-dir, not both")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from asd.cli_config import config_option
-from asd.cli_options import COMMA_LIST, CONTEXT, JOBS, POSITIVE, SEED
-from asd.cli_run import (
+from asd.cli.config_file import config_option
+from asd.cli.options import COMMA_LIST, CONTEXT, JOBS, POSITIVE, SEED
+from asd.cli.run import (
     fail_cleanly,
     run_command,
     score_command,
@@ -58,13 +58,13 @@ class LazyGroup(click.Group):
 
 
 LAZY_COMMANDS = {
-    "prep": ("asd.cli_prep:prep_command",
+    "prep": ("asd.cli.prep:prep_command",
              "Cache every clip as 1-second segments in HDF5 shards (= source/data_prep.py)."),
-    "download": ("asd.cli_data:download_command",
+    "download": ("asd.cli.data:download_command",
                  "Download, verify and unpack official DCASE Task 2 archives into data/raw."),
-    "explore": ("asd.cli_explore:explore_command",
+    "explore": ("asd.cli.explore:explore_command",
                 "One self-contained HTML page per dataset: counts, levels, spectra, examples, odd clips."),
-    "evaluate": ("asd.cli_data:evaluate_command",
+    "evaluate": ("asd.cli.data:evaluate_command",
                  "Official eval-set figures of runs or submission folders from the published ground truth."),
 }
 
@@ -88,7 +88,7 @@ def main(ctx: click.Context, scheduler: str | None = None, seeds: str = "", **op
     if seeds and not scheduler:
         raise click.UsageError("--seeds needs --scheduler (use --seed for a single-machine run)")
     if ctx.invoked_subcommand is None and scheduler:
-        from asd.cli_data import distributed_run
+        from asd.cli.data import distributed_run
 
         distributed_run(scheduler, seeds, options)
     elif ctx.invoked_subcommand is None:
@@ -118,8 +118,8 @@ def synth_command(out_dir: Path, seed: int, scale: float, machines: tuple[str, .
     """Write a synthetic DCASE-like development dataset (2024 layout and naming by default)."""
     import time
 
-    from asd.cli_options import check_writable_dir
-    from asd.synth import MACHINE_TYPES, generate_dataset
+    from asd.cli.options import check_writable_dir
+    from asd.dataset.synth import MACHINE_TYPES, generate_dataset
 
     unknown = sorted((set(machines) | set(hidden_attributes)) - set(MACHINE_TYPES))
     if unknown:
@@ -148,9 +148,9 @@ def synth_command(out_dir: Path, seed: int, scale: float, machines: tuple[str, .
 @fail_cleanly
 def inspect_command(path: Path, names: int, png: Path | None, segment: int) -> None:
     """Show what a shard holds (settings, counts, shapes, names, notes). A folder lists its shards."""
-    from asd.cli_options import check_writable_dir
+    from asd.cache.shard import Shard, find_shards
+    from asd.cli.options import check_writable_dir
     from asd.run_checks import check_shard
-    from asd.shard import Shard, find_shards
 
     if path.is_dir():
         shards = find_shards(path)
@@ -171,7 +171,7 @@ def inspect_command(path: Path, names: int, png: Path | None, segment: int) -> N
         if segment >= n_segments:
             raise BadInput(f"--segment {segment} is out of range: {path} has {n_segments} segments "
                            f"(0 to {n_segments - 1})")
-    from asd.inspect_shard import describe_shard, plot_segment
+    from asd.cache.inspect import describe_shard, plot_segment
 
     click.echo(describe_shard(path, n_names=names))
     if png is not None:

@@ -20,7 +20,7 @@ def _registry_model_names() -> tuple[str, ...]:
     `--help` must not. The registry stays the one list of models (a new entry shows up here by itself)."""
     import ast
 
-    tree = ast.parse((Path(__file__).parent / "models" / "registry.py").read_text())
+    tree = ast.parse((Path(__file__).parent.parent / "models" / "registry.py").read_text())
     for node in tree.body:
         target = node.target if isinstance(node, ast.AnnAssign) else \
             (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
@@ -31,7 +31,7 @@ def _registry_model_names() -> tuple[str, ...]:
 
 MODEL_NAMES = _registry_model_names()
 # Kept literal so that `--help` needs no torch; tests/reliability/test_cli_faults.py checks it against
-# asd.detector.REDUCERS.
+# asd.models.base.REDUCERS.
 REDUCERS = ("mean", "max", "median", "p90")
 THRESHOLD_METHODS = ("gamma", "percentile")
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}

@@ -12,10 +12,10 @@ import sys
 
 import click
 
-from asd.cli_config import config_option
-from asd.cli_options import COMMA_LIST
+from asd.cache.features import CHANNEL_POLICIES, TAIL_POLICIES, FeatureConfig
+from asd.cli.config_file import config_option
+from asd.cli.options import COMMA_LIST
 from asd.errors import AsdError
-from asd.features import CHANNEL_POLICIES, TAIL_POLICIES, FeatureConfig
 
 POSITIVE_SECONDS = click.FloatRange(min=0.0, min_open=True, max=600.0)
 
@@ -81,13 +81,13 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: tuple[str, ...
     """Cut every clip into segments and cache waveform + log-mel in one HDF5 shard per
     dataset x machine type x split. A second run with the same settings does no work."""
     features = feature_config(segment_seconds, hop_seconds, tail, channel, n_mels, n_fft, hop_length)
-    from asd.prep import PrepConfig, run_prep  # after the checks: a bad option costs no torch import
+    from asd.cache.build import PrepConfig, run_prep  # after the checks: a bad option costs no torch import
 
     cfg = PrepConfig(raw_dir=raw_dir, out_dir=out_dir, jobs=jobs, force=force, features=features,
                      machines=tuple(machines))
     try:
-        if scheduler:  # asd.distributed (branch `dist`): one Dask task per shard, each through build_shard
-            from asd.distributed import TaskFailures, check_scheduler, run_prep_distributed
+        if scheduler:  # asd.engine.distributed (branch `dist`): one Dask task per shard, each through build_shard
+            from asd.engine.distributed import TaskFailures, check_scheduler, run_prep_distributed
 
             try:
                 summary = run_prep_distributed(cfg, check_scheduler(scheduler), log=click.echo)
@@ -103,7 +103,7 @@ def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: tuple[str, ...
         click.echo(line)
     from pathlib import Path
 
-    from asd.cli_config import write_effective_config
+    from asd.cli.config_file import write_effective_config
 
     write_effective_config(Path(out_dir) / "data_prep_config.yaml", click.get_current_context().params,
                            "python source/data_prep.py")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from asd.cli_config import config_option
-from asd.cli_options import (
+from asd.cli.config_file import config_option
+from asd.cli.options import (
     COMMA_LIST,
     CONTEXT,
     DEVICE,
@@ -94,7 +94,7 @@ _fail_cleanly = fail_cleanly  # the older name
 @fail_cleanly
 def run_command(**options) -> None:
     """Train, then test, every machine type found (the default when no subcommand is given)."""
-    from asd.run_stages import finish, test_stage, train_stage
+    from asd.engine.stages import finish, test_stage, train_stage
 
     outcome = train_stage(options, "run")
     if outcome.done:
@@ -107,7 +107,7 @@ def run_command(**options) -> None:
 @fail_cleanly
 def train_command(**options) -> None:
     """Train a detector per machine type on its train.h5 shard; save models and thresholds."""
-    from asd.run_stages import finish, train_stage
+    from asd.engine.stages import finish, train_stage
 
     outcome = train_stage(options, "train")
     if outcome.done:
@@ -127,15 +127,15 @@ def train_command(**options) -> None:
 @fail_cleanly
 def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, ground_truth: Path | None) -> None:
     """Score the test shards with a run's models; write official files, metrics and plots."""
-    from asd.run_stages import finish, test_stage
+    from asd.engine.stages import finish, test_stage
 
     if ground_truth is not None:
-        from asd.evaluate import load_ground_truth
+        from asd.evaluation.ground_truth import load_ground_truth
 
         load_ground_truth(ground_truth)  # a bad folder is refused (EvaluationError) before any scoring
     outcome = test_stage(run_dir, machines, device)
     if ground_truth is not None:
-        from asd.cli_data import run_evaluation
+        from asd.cli.data import run_evaluation
 
         run_evaluation(ground_truth, [run_dir])
     finish(outcome)
@@ -148,10 +148,10 @@ def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, g
 @fail_cleanly
 def summarize_command(runs: tuple[Path, ...], html_path: Path | None) -> None:
     """One table over machine types; several runs side by side."""
-    from asd.report import compare_runs
+    from asd.reports.summary import compare_runs
 
     click.echo(compare_runs(list(runs)))
-    from asd.run_report import default_comparison_path, write_comparison_page
+    from asd.reports.run_page import default_comparison_path, write_comparison_page
     click.echo(f"page: {write_comparison_page(list(runs), html_path or default_comparison_path(list(runs)))}")
 
 
@@ -173,8 +173,8 @@ def score_command(run_dir, machine, dataset, out_csv, aggregate, device, paths) 
                              "--out")
     import pandas as pd
 
-    from asd.detector import resolve_device
-    from asd.score_files import score_paths
+    from asd.engine.score_files import score_paths
+    from asd.models.base import resolve_device
 
     resolve_device(device)
     table, skipped = score_paths(run_dir, machine, list(paths), dataset=dataset, aggregate=aggregate,

@@ -62,7 +62,8 @@ class Archive:
 
 def load_catalog(path: Path | None = None) -> dict:
     """The archive list shipped with the package (or another JSON file of the same shape)."""
-    text = Path(path).read_text() if path else resources.files("asd").joinpath("dcase_archives.json").read_text()
+    shipped = resources.files("asd.dataset").joinpath("dcase_archives.json")
+    text = Path(path).read_text() if path else shipped.read_text()
     return json.loads(text)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd.prep import PrepConfig, PrepSummary, _shard_plan, _write_summary, build_shard, check_cache
+from asd.cache.build import PrepConfig, PrepSummary, _shard_plan, _write_summary, build_shard, check_cache
 
 TASK_RECORD = "task.json"  # written beside model.pt once a machine's training and thresholds are saved
 _LOCAL = re.compile(r"^local(?::(?P<n>\d+))?$")
@@ -85,7 +85,7 @@ def build_shard_task(path: Path, clips: list[dict], digest: str, cfg: PrepConfig
 
 def run_prep_distributed(cfg: PrepConfig, scheduler: str, log: Callable[[str], None] = print) -> PrepSummary:
     """`run_prep` with one Dask task per shard; the same shards, the same summary file."""
-    from asd.layout import scan_raw_records
+    from asd.dataset.layout import scan_raw_records
 
     start = time.perf_counter()
     manifest, skipped_names = scan_raw_records(Path(cfg.raw_dir), list(cfg.machines) or None)
@@ -136,15 +136,15 @@ def run_prep_distributed(cfg: PrepConfig, scheduler: str, log: Callable[[str], N
 class MachineTask:
     """One unit of work on a worker: a machine type of a dataset, trained with one seed into one run folder."""
 
-    item: object  # asd.pipeline.MachineData
+    item: object  # asd.engine.train.MachineData
     run_dir: Path
     model: str
-    train: object  # asd.detector.TrainConfig
+    train: object  # asd.models.base.TrainConfig
 
 
 def machine_task(task: MachineTask) -> dict:
     """Worker side: train (unless already saved), then test one machine type; returns rows and predictions."""
-    from asd.pipeline import machine_dir, test_machine, train_machine, write_machine_outputs
+    from asd.engine.train import machine_dir, test_machine, train_machine, write_machine_outputs
 
     out = machine_dir(task.run_dir, task.item)
     record = out / TASK_RECORD
@@ -177,8 +177,8 @@ def run_distributed(processed_dir: Path, run_dir: Path, model: str, train, machi
     """
     from dask.distributed import as_completed
 
-    from asd.pipeline import discover, train_config_record, write_config
-    from asd.report import report_run
+    from asd.engine.train import discover, train_config_record, write_config
+    from asd.reports.summary import report_run
 
     items = discover(processed_dir, machines)
     if not items:

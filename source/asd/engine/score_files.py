@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd.audio import BadAudio, read_clip
-from asd.detector import load_detector
+from asd.cache.audio import BadAudio, read_clip
+from asd.cache.features import FeatureConfig, segment_features
+from asd.cache.shard import Shard
+from asd.cache.writer import ShardWriter
+from asd.dataset.layout import UnparseableName, parse_clip_name
+from asd.engine.train import ALL_SECTIONS, threshold_for
 from asd.errors import BadInput, MissingModel
-from asd.features import FeatureConfig, segment_features
-from asd.layout import UnparseableName, parse_clip_name
-from asd.pipeline import ALL_SECTIONS, threshold_for
-from asd.shard import Shard
-from asd.shard_writer import ShardWriter
+from asd.models.base import load_detector
 
 
 def _wav_files(paths: list[Path]) -> list[Path]:

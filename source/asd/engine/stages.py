@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from asd.cli_config import write_effective_config
-from asd.cli_options import check_writable_dir
+from asd.cli.config_file import write_effective_config
+from asd.cli.options import check_writable_dir
 from asd.errors import AsdError, BadInput, BadState
 
 
@@ -45,7 +45,7 @@ def new_run_dir(model: str) -> Path:
 
 
 def _discover_checked(processed_dir: Path, machines: tuple[str, ...]):
-    from asd.pipeline import discover
+    from asd.engine.train import discover
 
     items = discover(processed_dir, list(machines) or None)
     if machines:
@@ -61,7 +61,7 @@ def _discover_checked(processed_dir: Path, machines: tuple[str, ...]):
 
 def train_config_from_options(options: dict):
     """The TrainConfig of a `train`/`run` command's options."""
-    from asd.detector import TrainConfig
+    from asd.models.base import TrainConfig
 
     return TrainConfig(epochs=options["epochs"], seed=options["seed"], device=options["device"],
                        val_fraction=options["val_fraction"], aggregate=options["aggregate"],
@@ -125,7 +125,7 @@ def model_options_from(options: dict) -> dict:
 def _fit_shared_checked(items, run_dir: Path, model: str, train, model_options: dict) -> dict:
     """What `pipeline.fit_shared` trains across machine types, from the shards that pass their checks
     (a damaged one is reported when its own turn comes)."""
-    from asd.pipeline import fit_shared
+    from asd.engine.train import fit_shared
     from asd.run_checks import check_shard
 
     usable = []
@@ -148,9 +148,9 @@ def train_stage(options: dict, command: str) -> StageOutcome:
     """Train every machine type found (options as the `train` command takes them)."""
     import pandas as pd
 
-    from asd.detector import resolve_device
+    from asd.engine.train import machine_dir, train_config_record, train_machine, write_config
+    from asd.models.base import resolve_device
     from asd.models.registry import make_detector
-    from asd.pipeline import machine_dir, train_config_record, train_machine, write_config
     from asd.run_checks import check_shard, remove_partial_files
 
     model, epochs = options["model"], options["epochs"]
@@ -198,9 +198,9 @@ def test_stage(run_dir: Path, machines: tuple[str, ...] = (), device: str | None
     """Score the test shards of every trained machine type; write official files, metrics and plots."""
     import pandas as pd
 
-    from asd.detector import TrainConfig, resolve_device
-    from asd.pipeline import discover, machine_dir, test_machine, write_machine_outputs
-    from asd.report import report_run
+    from asd.engine.train import discover, machine_dir, test_machine, write_machine_outputs
+    from asd.models.base import TrainConfig, resolve_device
+    from asd.reports.summary import report_run
     from asd.run_checks import check_shard
 
     outcome = outcome or StageOutcome(Path(run_dir))
@@ -239,7 +239,7 @@ def test_stage(run_dir: Path, machines: tuple[str, ...] = (), device: str | None
     if all_predictions:
         click.echo(report_run(run_dir, pd.concat(all_predictions, ignore_index=True)))
         outcome.reported = True
-        from asd.run_report import write_run_report
+        from asd.reports.run_page import write_run_report
 
         click.echo(f"report: {write_run_report(run_dir)}  (open it in a browser)")
     return outcome

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd.data import split_train_validation
-from asd.detector import Detector, TrainConfig, load_detector
+from asd.cache.reading import split_train_validation
+from asd.cache.shard import Shard, find_shards
+from asd.dataset.layout import rules_for_files
 from asd.errors import BadState
-from asd.layout import rules_for_files
+from asd.evaluation.thresholds import false_alarm_rate, fit_threshold
+from asd.models.base import Detector, TrainConfig, load_detector
 from asd.models.registry import make_detector
-from asd.shard import Shard, find_shards
-from asd.thresholds import false_alarm_rate, fit_threshold
 
 ALL_SECTIONS = "*"  # the threshold pooled over all sections: for clips whose section was never trained
 
@@ -159,7 +159,7 @@ def train_machine(item: MachineData, run_dir: Path, model: str, train: TrainConf
             + ", ".join(f"{r['section']}={r['threshold']:.5g}" for r in rows))
     detector.save(out / "model.pt")
     if detector.history_:
-        from asd.plots import plot_loss_curve
+        from asd.reports.plots import plot_loss_curve
 
         plot_loss_curve(detector.history_, out / "loss.png", title=f"{item.key} ({model})")
     shard.close()
@@ -195,9 +195,9 @@ def test_machine(item: MachineData, run_dir: Path, train: TrainConfig) -> tuple[
 
 def write_machine_outputs(item: MachineData, run_dir: Path, predictions: pd.DataFrame, rules: str) -> None:
     """Official submission files, result.csv and plots of one machine type."""
-    from asd.metrics import is_measurable
-    from asd.plots import plot_roc, plot_score_histograms
-    from asd.submission import write_machine_result, write_submission_files
+    from asd.evaluation.metrics import is_measurable
+    from asd.evaluation.submission import write_machine_result, write_submission_files
+    from asd.reports.plots import plot_roc, plot_score_histograms
 
     out = machine_dir(run_dir, item)
     write_submission_files(predictions, Path(run_dir) / item.dataset / "submission", rules)

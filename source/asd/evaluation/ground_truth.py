@@ -10,7 +10,7 @@ gives DCASE 2022+ rules; DCASE 2021's per-domain files (`..._section_<SS>_<sourc
 domain folder) give 2021 rules. A submission is any folder of official `anomaly_score_*` and
 `decision_result_*` files (a run folder's `<dataset>/submission/` too). Rows may name a clip by its
 evaluation name or by its labelled name from `ground_truth_attributes` (as the official evaluator accepts).
-The metrics are those of `asd.metrics`; the confidence interval is the official evaluator's: a jackknife
+The metrics are those of `asd.evaluation.metrics`; the confidence interval is the official evaluator's: a jackknife
 (leave one clip out) over all clips pooled, of the AUC and of the pAUC, 95 % Student-t half-widths, averaged.
 """
 
@@ -25,8 +25,8 @@ import pandas as pd
 import scipy.stats
 
 from asd.errors import AsdError
-from asd.metrics import MAX_FPR, auc_or_nan, dataset_score, metrics_table
-from asd.submission import read_submission_decisions, read_submission_scores, submission_file_names
+from asd.evaluation.metrics import MAX_FPR, auc_or_nan, dataset_score, metrics_table
+from asd.evaluation.submission import read_submission_decisions, read_submission_scores, submission_file_names
 
 _GT_2022 = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
 _GT_2021 = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_(?P<domain>source|target)_test\.csv$")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd.layout import UnparseableName, parse_clip_name
-from asd.metrics import DOMAINS, check_rules, dataset_score, machine_results, metrics_table
+from asd.dataset.layout import UnparseableName, parse_clip_name
+from asd.evaluation.metrics import DOMAINS, check_rules, dataset_score, machine_results, metrics_table
 
 PREDICTION_COLUMNS = ("file_name", "machine", "section", "domain", "label", "score", "threshold", "decision")
 
@@ -138,7 +138,7 @@ def read_submission_decisions(path: str | Path) -> pd.DataFrame:
 
 
 def domain_and_label(file_name: str) -> tuple[str, str]:
-    """(domain, label) carried by a DCASE test clip name (see `asd.layout.parse_clip_name`);
+    """(domain, label) carried by a DCASE test clip name (see `asd.dataset.layout.parse_clip_name`);
     ("unknown", "unknown") for a name in no DCASE style."""
     try:
         name = parse_clip_name(file_name)

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from asd.data import iterate_in_order, load_frames, rows_nbytes, segment_rows_of, stream_segments
-from asd.detector import Detector, TrainConfig
+from asd.cache.reading import iterate_in_order, load_frames, rows_nbytes, segment_rows_of, stream_segments
+from asd.cache.shard import Shard
 from asd.models.autoencoder_net import DcaseAutoencoder, frames_to_vectors, per_dim_error, strided_vectors
+from asd.models.base import Detector, TrainConfig
 from asd.models.mahalanobis import DomainMoments, MahalanobisScorer
 from asd.models.training import Adam, EarlyStopping, set_threads
-from asd.shard import Shard
 
 SCORE_MODES = ("mse", "mahalanobis")
 SELECTIVE_RULES = ("clip", "vector")

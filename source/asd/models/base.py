@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from asd.cache.shard import Shard
 from asd.errors import AsdError, BadInput, DamagedFile, MissingModel
-from asd.shard import Shard
 
 REDUCERS = ("mean", "max", "median", "p90")
 
@@ -187,7 +187,7 @@ class Detector(ABC):
         Mahalanobis) are reduced per clip column by column, then the clip takes the minimum over the
         domains: the official order, average per domain first and minimum last.
         """
-        from asd.data import segment_rows_of
+        from asd.cache.reading import segment_rows_of
 
         clips = shard.clips
         clip_indices = clips.index.to_numpy() if clip_indices is None else np.sort(clip_indices)

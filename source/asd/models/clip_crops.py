@@ -2,7 +2,7 @@
 training, cut into equal windows for scoring.
 
 The cache stores one log-mel block per 1-second segment, cut from the log-mel of the whole clip
-(:mod:`asd.features`), so joining a clip's blocks by frame index gives back the clip's own log-mel
+(:mod:`asd.cache.features`), so joining a clip's blocks by frame index gives back the clip's own log-mel
 (:func:`asd.models.pooling.iterate_row_clip_frames`). Clips are kept in memory as float16: a 10 s clip
 with 128 mel bands is 80 KB, so 1,000 clips take 80 MB.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from asd.data import segment_rows_of
+from asd.cache.reading import segment_rows_of
+from asd.cache.shard import Shard
 from asd.models.pooling import iterate_row_clip_frames
-from asd.shard import Shard
 
 
 def load_clip_frames(shard: Shard, clip_indices: np.ndarray, dtype: type = np.float16) -> list[np.ndarray]:

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from asd.detector import Detector, TrainConfig, resolve_device
+from asd.cache.shard import Shard
 from asd.errors import BadState
+from asd.models.base import Detector, TrainConfig, resolve_device
 from asd.models.clip_crops import load_clip_frames, windows
 from asd.models.embedding_data import clip_class_names
 from asd.models.embedding_net import EmbeddingNet
 from asd.models.embedding_train import LabelledClips, build_network, train_network
 from asd.models.knn_domain import DomainKnn
 from asd.models.training import set_threads
-from asd.shard import Shard
 
 HEADS = ("subcluster_adacos", "adacos", "arcface")
 SCOPES = ("dataset", "machine")

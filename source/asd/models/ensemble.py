@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from asd.detector import Detector, TrainConfig
-from asd.shard import Shard
+from asd.cache.shard import Shard
+from asd.models.base import Detector, TrainConfig
 
 COMBINES = ("mean", "max")
 STANDARDISE_BY = ("section", "section-domain")

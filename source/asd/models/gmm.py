@@ -30,10 +30,10 @@ import scipy.special
 import scipy.stats
 import torch
 
-from asd.data import segment_rows_of
-from asd.detector import Detector, TrainConfig
+from asd.cache.reading import segment_rows_of
+from asd.cache.shard import Shard
+from asd.models.base import Detector, TrainConfig
 from asd.models.pooling import pooled_features
-from asd.shard import Shard
 
 ALL_SECTIONS = "*"
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from asd.data import iterate_in_order
-from asd.shard import Shard
+from asd.cache.reading import iterate_in_order
+from asd.cache.shard import Shard
 
 
 def gwrp_weights(n_frames: int, r: float) -> np.ndarray:

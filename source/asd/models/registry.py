@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from asd.detector import Detector
+from asd.models.base import Detector
 
 # name -> (module, class, config overrides). Imports are lazy so `--help` stays fast.
 MODELS: dict[str, tuple[str, str, dict]] = {

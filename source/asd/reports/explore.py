@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from asd.clip_reader import ClipData, iter_raw_clips, iter_shard_clips
-from asd.explore_stats import RMS_BINS, DatasetStats, Distances
-from asd.report_html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
+from asd.cache.clips import ClipData, iter_raw_clips, iter_shard_clips
+from asd.reports.explore_stats import RMS_BINS, DatasetStats, Distances
+from asd.reports.html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
 
 
 class ExploreError(ValueError):
@@ -57,7 +57,7 @@ def find_units(config: ExploreConfig) -> tuple[list[Unit], list[tuple[str, str]]
     """Every unit under the configured folder, and files skipped while scanning a raw folder."""
     machines = list(config.machines) or None
     if config.raw_dir is not None:
-        from asd.layout import scan_raw_root
+        from asd.dataset.layout import scan_raw_root
 
         manifest, skipped = scan_raw_root(Path(config.raw_dir), machines)
         units = []
@@ -65,7 +65,7 @@ def find_units(config: ExploreConfig) -> tuple[list[Unit], list[tuple[str, str]]
             name = Path(config.raw_dir).resolve().name if dataset == "." else dataset
             units.append(Unit(name, machine, split, manifest=part))
         return units, [(s.path, s.reason) for s in skipped]
-    from asd.shard import find_shards
+    from asd.cache.shard import find_shards
 
     root = Path(config.processed_dir)
     units = []
@@ -79,7 +79,7 @@ def _unit_clips(unit: Unit, with_audio: bool, rows=None) -> Iterator[ClipData | 
     if unit.shard is not None:
         yield from iter_shard_clips(unit.shard, with_audio=with_audio, rows=rows)
         return
-    from asd.features import FeatureConfig
+    from asd.cache.features import FeatureConfig
 
     manifest = unit.manifest if rows is None else unit.manifest[unit.manifest["path"].isin(rows)]
     yield from iter_raw_clips(manifest, FeatureConfig(), with_audio=with_audio)
@@ -92,7 +92,7 @@ def _unit_settings(unit: Unit) -> tuple[int, int]:
 
         with h5py.File(unit.shard, "r") as file:
             return int(file.attrs["sample_rate"]), int(file.attrs["hop_length"])
-    from asd.features import FeatureConfig
+    from asd.cache.features import FeatureConfig
 
     config = FeatureConfig()
     return config.sample_rate, config.hop_length

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from asd.metrics import DOMAINS, auc_or_nan
+from asd.evaluation.metrics import DOMAINS, auc_or_nan
 
 _DPI = 120
 

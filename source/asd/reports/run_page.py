@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd.clip_reader import find_clip_rows, iter_shard_clips
-from asd.report_html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
+from asd.cache.clips import find_clip_rows, iter_shard_clips
+from asd.reports.html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
 
 REPORT_NAME = "report.html"
 
@@ -140,7 +140,7 @@ def _number(text: str) -> object:
 def _attach_datasets(run_dir: Path, predictions: pd.DataFrame) -> pd.DataFrame:
     """Give each prediction its dataset (predictions.csv does not list it): the run folder of its machine
     type, or, for a machine type in several datasets, the dataset whose submission files list the clip."""
-    from asd.submission import predictions_from_submission
+    from asd.evaluation.submission import predictions_from_submission
 
     owners: dict[str, list[str]] = {}
     for dataset in _datasets(run_dir):
@@ -163,7 +163,7 @@ def _attach_datasets(run_dir: Path, predictions: pd.DataFrame) -> pd.DataFrame:
 
 def write_comparison_page(runs: list[Path], path: Path) -> Path:
     """One page comparing runs: settings, official scores, metrics side by side, ROC curves per machine."""
-    from asd.report import comparison_frame, run_scores
+    from asd.reports.summary import comparison_frame, run_scores
 
     path = Path(path)
     budget = MediaBudget(64 * 2**20)

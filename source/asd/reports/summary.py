@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd.metrics import metrics_table
-from asd.submission import write_predictions_table, write_summary
+from asd.evaluation.metrics import metrics_table
+from asd.evaluation.submission import write_predictions_table, write_summary
 
 _SHOWN = {
     "dcase2022": ["AUC (source)", "AUC (target)", "pAUC", "F1 score (source)", "F1 score (target)"],

@@ -2,7 +2,7 @@
 
 Used for tests, benchmarks and demos where real DCASE data is not at hand::
 
-    from asd.synth import generate_dataset
+    from asd.dataset.synth import generate_dataset
     manifest = generate_dataset("data/raw/synth", seed=0, scale=0.1)
 """
 

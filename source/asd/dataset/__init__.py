@@ -1,0 +1,1 @@
+"""Raw DCASE data: file names and folders, the official archives, and a synthetic generator."""

@@ -1,0 +1,1 @@
+"""Train -> thresholds -> test, per machine type, in process or as Dask tasks."""

@@ -1,0 +1,1 @@
+"""Pure tables to numbers: thresholds, official metrics, submission files, evaluation-set ground truth."""

@@ -1,0 +1,1 @@
+"""Pages, plots and printed summaries, read from the files the stages wrote."""
