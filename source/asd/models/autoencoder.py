@@ -8,7 +8,7 @@ distance per domain (a column), `Detector.score_clips` reduces each column over 
 takes the minimum of its domain scores. `selective="vector"` takes the minimum per vector first.
 
 Training reads the log-mel blocks of the training clips once into memory when they fit the budget
-(`TrainConfig.memory_budget_mib`) and draws shuffled batches of vectors from a strided view of them;
+(`FitConfig.memory_budget_mib`) and draws shuffled batches of vectors from a strided view of them;
 otherwise it streams block-shuffled draws from the shard. Without an explicit epoch count it stops when
 the held-out loss stops improving and keeps the best epoch's weights.
 """
@@ -25,9 +25,10 @@ from torch import nn
 from asd.cache.reading import iterate_in_order, load_frames, rows_nbytes, segment_rows_of, stream_segments
 from asd.cache.shard import Shard
 from asd.models.autoencoder_net import DcaseAutoencoder, frames_to_vectors, per_dim_error, strided_vectors
-from asd.models.base import Detector, TrainConfig
+from asd.models.base import Detector, FitConfig
+from asd.models.device import set_threads
 from asd.models.mahalanobis import DomainMoments, MahalanobisScorer
-from asd.models.training import Adam, EarlyStopping, set_threads
+from asd.models.training import Adam, EarlyStopping
 
 SCORE_MODES = ("mse", "mahalanobis")
 SELECTIVE_RULES = ("clip", "vector")
@@ -43,7 +44,7 @@ class AutoencoderDetectorConfig:
     context: int = 5
     hidden: int = 128
     bottleneck: int = 8
-    epochs: int = 100  # the cap when stopping early; exact with TrainConfig.epochs
+    epochs: int = 100  # the cap when stopping early; exact with FitConfig.epochs
     batch_size: int = 256
     learning_rate: float = 1e-3
     # Error vectors used to fit each domain's covariance: a deterministic subset keeps memory bounded.
@@ -73,31 +74,31 @@ class AutoencoderDetector(Detector):
     def _vectors(self, mels: np.ndarray, device: torch.device) -> torch.Tensor:
         return frames_to_vectors(torch.from_numpy(mels).to(device), self.config.context)
 
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
+    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
              device: torch.device, log) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        threads = set_threads(train.threads)
+        threads = set_threads(fit_config.threads)
         network = self._build(shard.feature_config.n_mels).to(device)
         optimizer = Adam(network.parameters(), lr=cfg.learning_rate)
-        rng = np.random.default_rng(train.seed)
-        generator = torch.Generator().manual_seed(train.seed)
+        rng = np.random.default_rng(fit_config.seed)
+        generator = torch.Generator().manual_seed(fit_config.seed)
         train_rows = segment_rows_of(shard, train_clips)
         val_rows = segment_rows_of(shard, val_clips)
-        max_epochs, fixed = train.epoch_plan(cfg.epochs)
-        stopper = EarlyStopping(train.patience, train.min_delta, fixed=fixed)
+        max_epochs, fixed = fit_config.epoch_plan(cfg.epochs)
+        stopper = EarlyStopping(fit_config.patience, fit_config.min_delta, fixed=fixed)
         monitor = "val_loss" if len(val_rows) else "train_loss"
-        needed = rows_nbytes(shard, len(train_rows) + len(val_rows), train.cache_dtype)
-        in_memory = needed <= train.memory_budget_mib * 2**20
+        needed = rows_nbytes(shard, len(train_rows) + len(val_rows), fit_config.cache_dtype)
+        in_memory = needed <= fit_config.memory_budget_mib * 2**20
         if in_memory:
-            train_frames = torch.from_numpy(load_frames(shard, train_rows, train.cache_dtype)).to(device)
-            val_frames = torch.from_numpy(load_frames(shard, val_rows, train.cache_dtype)).to(device)
+            train_frames = torch.from_numpy(load_frames(shard, train_rows, fit_config.cache_dtype)).to(device)
+            val_frames = torch.from_numpy(load_frames(shard, val_rows, fit_config.cache_dtype)).to(device)
         log(f"{len(train_rows)} training segments, {len(val_rows)} held out; "
-            + (f"read once into memory ({needed / 2**20:.0f} MiB {train.cache_dtype})" if in_memory else
-               f"streamed from the shard ({needed / 2**20:.0f} MiB > budget {train.memory_budget_mib:g} MiB)")
+            + (f"read once into memory ({needed / 2**20:.0f} MiB {fit_config.cache_dtype})" if in_memory else
+               f"streamed from the shard ({needed / 2**20:.0f} MiB > budget {fit_config.memory_budget_mib:g} MiB)")
             + f"; {threads} threads; " + (f"{max_epochs} epochs" if fixed else
-            f"early stopping on {monitor} (patience {train.patience}, min_delta {train.min_delta:g}, "
+            f"early stopping on {monitor} (patience {fit_config.patience}, min_delta {fit_config.min_delta:g}, "
             f"at most {max_epochs} epochs)"))
         bar = tqdm(range(max_epochs), desc=f"train ae ({cfg.score}) {shard.machine}", unit="epoch", leave=False)
         for epoch in bar:

@@ -1,17 +1,16 @@
-"""The detector interface every model implements, clip aggregation, and checkpoint files.
+"""The detector interface every model implements: fit, clip scores, the decision rule.
 
 In the spirit of scikit-learn / pyod: `fit` learns from normal training clips of a shard, `score_segments`
-returns one anomaly score per segment (higher = more anomalous); fitted state ends with an underscore.
-A checkpoint holds the model's config, weights, the feature fingerprint of the shard it was trained on,
-and its thresholds; scoring a shard with another fingerprint is refused.
+returns one anomaly score per segment (higher = more anomalous), `score_clips` reduces them per clip with
+the model's own reducer, and `decisions` applies the thresholds the engine fitted (`score > threshold`, the
+section's or the one pooled over sections). Fitted state ends with an underscore. Saving and loading live in
+`asd.models.checkpoint`; scoring a shard with another feature fingerprint is refused.
 """
 
 from __future__ import annotations
 
-import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,9 +18,11 @@ import pandas as pd
 import torch
 
 from asd.cache.shard import Shard
-from asd.errors import AsdError, BadInput, DamagedFile, MissingModel
+from asd.errors import AsdError
+from asd.models.device import resolve_device, seed_everything
+from asd.models.registry import DEFAULT_THREADS, REDUCERS
 
-REDUCERS = ("mean", "max", "median", "p90")
+ALL_SECTIONS = "*"  # the threshold pooled over all sections: for clips whose section was never trained
 
 
 class FingerprintMismatch(AsdError):
@@ -29,16 +30,17 @@ class FingerprintMismatch(AsdError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Settings shared by every model's training (the model's own settings live in its config)."""
+class FitConfig:
+    """How a model is fitted: the settings every model's `fit` reads (its own settings live in its config).
+
+    The engine builds it once, from the command line, as part of the run configuration; it is saved in
+    every checkpoint, so a loaded model knows how its clip scores were made.
+    """
 
     epochs: int | None = None  # exactly this many epochs; None: stop early (below), at most max_epochs
     seed: int = 0
     device: str = "auto"
-    val_fraction: float = 0.1  # normal training clips held out (by clip) for thresholds and val loss
-    aggregate: str = "mean"  # segment scores -> clip score
-    threshold_method: str = "gamma"
-    threshold_percentile: float = 90.0
+    aggregate: str = "mean"  # segment scores -> clip score; the thresholds are fitted on these clip scores
     # Early stopping (models that support it; `epochs` switches it off): stop when the held-out loss
     # has not improved by `min_delta` (relative) for `patience` epochs, keep the best epoch's weights.
     max_epochs: int | None = None  # cap; None: the model's default epoch count
@@ -48,13 +50,19 @@ class TrainConfig:
     # when they fit this budget (else streamed from the shard), stored as `cache_dtype`.
     memory_budget_mib: float = 512.0
     cache_dtype: str = "float32"
-    threads: int = 0  # torch intra-op threads; 0: every available core
+    threads: int = DEFAULT_THREADS  # torch intra-op threads; 0: every available core
+
+    # The fields that only matter to models that train a network (the rest apply to every model).
+    NETWORK_FIELDS: ClassVar[tuple[str, ...]] = ("epochs", "max_epochs", "patience", "min_delta",
+                                                 "memory_budget_mib", "cache_dtype", "threads")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "max_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.aggregate not in REDUCERS:
+            raise ValueError(f"aggregate must be one of {REDUCERS}, not {self.aggregate!r}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if not 0.0 <= self.min_delta < 1.0:
@@ -72,27 +80,15 @@ class TrainConfig:
             return self.epochs, True
         return self.max_epochs or model_default, False
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON and `torch.load(weights_only=True)` friendly)."""
+        return asdict(self)
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {name} was asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
-        raise BadInput(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so that the same seed gives the same scores."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        # Only GPU kernels have non-deterministic variants to switch off; on a CPU-only machine the switch
-        # would cost ~110 MiB of resident memory for nothing (it loads the CUDA libraries).
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> FitConfig:
+        """Inverse of `to_dict`; keys of other settings (an older checkpoint's) are left out."""
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in record.items() if k in known})
 
 
 def aggregate_clip_scores(segment_scores: np.ndarray, clip_of_segment: np.ndarray,
@@ -120,9 +116,12 @@ def reduce_selective(segment_scores: np.ndarray, clip_of_segment: np.ndarray, re
 
 
 class Detector(ABC):
-    """Base class: subclasses set `name`, hold a frozen `config`, and implement the abstract methods."""
+    """Base class: subclasses set `name` and `config_class`, hold a frozen `config`, and implement the
+    abstract methods. `trains_network` says whether the network settings of `FitConfig` apply."""
 
     name: ClassVar[str]
+    config_class: ClassVar[type]
+    trains_network: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -130,11 +129,11 @@ class Detector(ABC):
         self.feature_config_: dict | None = None
         self.thresholds_: dict[str, dict] = {}
         self.history_: list[dict] = []
-        self.train_config_: dict | None = None
+        self.fit_config_: FitConfig | None = None
 
     # --- what a model implements -------------------------------------------------------------------
     @abstractmethod
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
+    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
              device: torch.device, log) -> None:
         """Learn from the normal clips `train_clips` of `shard` (validation clips only for monitoring)."""
 
@@ -152,15 +151,27 @@ class Detector(ABC):
         """Inverse of `_state`."""
 
     # --- shared behaviour --------------------------------------------------------------------------
-    def fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
+    def fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
             log=print) -> Detector:
-        """Fit on a training shard's normal clips; records the shard's feature fingerprint."""
-        seed_everything(train.seed)
+        """Fit on a training shard's normal clips; records the shard's feature fingerprint and the fit
+        settings (among them the reducer that turns segment scores into clip scores)."""
+        seed_everything(fit_config.seed)
         self.fingerprint_ = shard.fingerprint
         self.feature_config_ = shard.feature_config.to_dict()
-        self.train_config_ = asdict(train)
-        self._fit(shard, train_clips, val_clips, train, resolve_device(train.device), log)
+        self.fit_config_ = fit_config
+        self._fit(shard, train_clips, val_clips, fit_config, resolve_device(fit_config.device), log)
         return self
+
+    def applicable_fit_settings(self) -> tuple[str, ...]:
+        """The `FitConfig` fields that change what this model learns (a run page lists only these)."""
+        fields = tuple(FitConfig.__dataclass_fields__)
+        return fields if self.trains_network else tuple(f for f in fields if f not in FitConfig.NETWORK_FIELDS)
+
+    @property
+    def reducer(self) -> str:
+        """How this model's segment scores become clip scores: fixed at fit, since the thresholds were fitted
+        on clip scores made this way."""
+        return self.fit_config_.aggregate if self.fit_config_ is not None else FitConfig.aggregate
 
     def check_fingerprint(self, shard: Shard) -> None:
         if self.fingerprint_ is None:
@@ -179,9 +190,10 @@ class Detector(ABC):
         self.check_fingerprint(shard)
         return self._score_rows(shard, np.sort(rows), resolve_device(device))
 
-    def score_clips(self, shard: Shard, clip_indices: np.ndarray | None = None, reducer: str = "mean",
+    def score_clips(self, shard: Shard, clip_indices: np.ndarray | None = None, reducer: str | None = None,
                     device: str = "auto") -> pd.Series:
-        """Anomaly score per clip (index = clip index), segment scores reduced with `reducer`.
+        """Anomaly score per clip (index = clip index), segment scores reduced with `reducer` (default: the
+        model's own, `self.reducer`, which the thresholds were fitted with).
 
         Per-domain segment scores `[n, k]` (selective scoring, e.g. the DCASE baseline's selective
         Mahalanobis) are reduced per clip column by column, then the clip takes the minimum over the
@@ -194,54 +206,16 @@ class Detector(ABC):
         rows = segment_rows_of(shard, clip_indices)
         scores = self.score_segments(shard, rows, device)
         clip_of_row = shard.segments["clip_index"].to_numpy()[rows]
-        return reduce_selective(scores, clip_of_row, reducer)
+        return reduce_selective(scores, clip_of_row, reducer or self.reducer)
 
-    def save(self, path: str | Path) -> Path:
-        """Write a checkpoint (loadable with `torch.load(weights_only=True)`: tensors and plain values)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "model": self.name, "config": asdict(self.config), "fingerprint": self.fingerprint_,
-            "feature_config": self.feature_config_, "thresholds": self.thresholds_,
-            "history": self.history_, "train_config": self.train_config_, "state": self._state(),
-        }
-        tmp = path.with_name(f".{path.name}.partial")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return path
+    def threshold_for(self, section: str) -> float:
+        """The decision threshold of a section: its own, or the one pooled over sections (`"*"`) for a
+        section never trained (or a clip whose name tells none)."""
+        fit = self.thresholds_.get(str(section)) or self.thresholds_[ALL_SECTIONS]
+        return float(fit["value"])
 
-
-def load_detector(path: str | Path) -> Detector:
-    """Rebuild a fitted detector from its checkpoint (MissingModel / DamagedFile when it cannot)."""
-    from asd.models.registry import MODELS, detector_class
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingModel(f"no model at {path}; train one first with `python source/main.py train`")
-    damaged = (f"{path} is damaged or is not a model saved by this project ({{}}); retrain it with "
-               f"`python source/main.py train` (it is never loaded with arbitrary pickled code)")
-    try:  # only reading the file is guarded here: a failure in it means a damaged file, not a bug
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as err:  # noqa: BLE001 - garbage bytes make the unpickler raise nearly anything
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in reason or "Weights only load failed" in reason:  # never pass on unsafe advice
-            reason = "it holds objects other than tensors and plain values"
-        raise DamagedFile(damaged.format(reason)) from None
-    keys = ("model", "config", "fingerprint", "feature_config", "thresholds", "history", "train_config", "state")
-    if not isinstance(payload, dict) or any(k not in payload for k in keys):
-        raise DamagedFile(damaged.format("not a checkpoint: expected keys " + ", ".join(keys)))
-    try:
-        cls = detector_class(payload["model"])
-    except KeyError:
-        raise DamagedFile(damaged.format(f"unknown model {payload['model']!r}; this version knows "
-                                         f"{sorted(MODELS)}")) from None
-    detector = cls(cls.config_class(**payload["config"]))
-    detector.fingerprint_ = payload["fingerprint"]
-    detector.feature_config_ = payload["feature_config"]
-    detector.thresholds_ = payload["thresholds"]
-    detector.history_ = payload["history"]
-    detector.train_config_ = payload["train_config"]
-    detector._load_state(payload["state"])
-    return detector
+    def decisions(self, scores: np.ndarray, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, 0/1 decision) of each clip score: 1 (anomalous) where the score is strictly greater
+        than its section's threshold, the DCASE rule."""
+        thresholds = np.array([self.threshold_for(s) for s in sections], dtype=np.float64)
+        return thresholds, (np.asarray(scores, dtype=np.float64) > thresholds).astype(np.int64)

@@ -25,13 +25,13 @@ import torch
 
 from asd.cache.shard import Shard
 from asd.errors import BadState
-from asd.models.base import Detector, TrainConfig, resolve_device
+from asd.models.base import Detector, FitConfig
 from asd.models.clip_crops import load_clip_frames, windows
+from asd.models.device import resolve_device, set_threads
 from asd.models.embedding_data import clip_class_names
 from asd.models.embedding_net import EmbeddingNet
 from asd.models.embedding_train import LabelledClips, build_network, train_network
 from asd.models.knn_domain import DomainKnn
-from asd.models.training import set_threads
 
 HEADS = ("subcluster_adacos", "adacos", "arcface")
 SCOPES = ("dataset", "machine")
@@ -97,7 +97,7 @@ def _labelled(frames: list[np.ndarray], names: np.ndarray, table: list[str]) -> 
 
 
 def _train_networks(parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], cfg: EmbeddingDetectorConfig,
-                    train: TrainConfig, device: torch.device, log: Callable[[str], None]) -> SharedNetworks:
+                    fit_config: FitConfig, device: torch.device, log: Callable[[str], None]) -> SharedNetworks:
     """Train ``cfg.n_networks`` networks on the normal clips of one or more (prefix, shard, train clips,
     held-out clips); class names are prefixed so that machine types never share a class."""
     if len({shard.fingerprint for _, shard, _, _ in parts}) > 1:
@@ -120,10 +120,10 @@ def _train_networks(parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], cfg:
         "class: " + ", ".join(f"{name}={n}" for name, n in zip(table, counts, strict=True)))
     if len(table) * len(cfg.aux_shifts) == 1:
         log("warning: one class and no shift task: nothing to learn, the k-NN uses untrained embeddings")
-    epochs = train.epochs or cfg.epochs
+    epochs = fit_config.epochs or cfg.epochs
     networks, history = [], []
     for i in range(cfg.n_networks):
-        seed = train.seed + 1000 * i
+        seed = fit_config.seed + 1000 * i
         network, losses = train_network(train_set, val_set, len(table), cfg, epochs, seed, device, log,
                                         desc=f"embed network {i + 1}/{cfg.n_networks}")
         networks.append(network)
@@ -145,13 +145,13 @@ class EmbeddingDetector(Detector):
         self.class_names_: list[str] = []
         self.shared_: SharedNetworks | None = None
 
-    def fit_shared(self, parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], train: TrainConfig,
+    def fit_shared(self, parts: list[tuple[str, Shard, np.ndarray, np.ndarray]], fit_config: FitConfig,
                    log: Callable[[str], None] = print) -> SharedNetworks:
         """Train the networks once on several machine types: ``parts`` are (name, training shard, training
         clips, held-out clips). Give the result to each machine type's detector as ``shared_``."""
-        set_threads(train.threads)
+        set_threads(fit_config.threads)
         parts = [(f"{name}/", shard, train_clips, val_clips) for name, shard, train_clips, val_clips in parts]
-        return _train_networks(parts, self.config, train, resolve_device(train.device), log)
+        return _train_networks(parts, self.config, fit_config, resolve_device(fit_config.device), log)
 
     # --- embedding ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -182,14 +182,14 @@ class EmbeddingDetector(Detector):
         return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     # --- training ----------------------------------------------------------------------------------
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
+    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
              device: torch.device, log) -> None:
-        set_threads(train.threads)
+        set_threads(fit_config.threads)
         if self.shared_ is None:
             if self.config.scope == "dataset":
                 log("scope dataset: no networks were trained for the whole dataset (a single machine type, "
                     "or a scheduler that trains machine types apart); training on this machine type alone")
-            shared = _train_networks([("", shard, train_clips, val_clips)], self.config, train, device, log)
+            shared = _train_networks([("", shard, train_clips, val_clips)], self.config, fit_config, device, log)
         else:
             shared = self.shared_
             log(f"using {len(shared.networks)} network(s) trained for the whole dataset "
@@ -197,7 +197,7 @@ class EmbeddingDetector(Detector):
         self.networks_, self.class_names_, self.history_ = shared.networks, shared.class_names, shared.history
         frames = load_clip_frames(shard, train_clips)
         table = shard.clips.loc[train_clips]
-        self.knns_ = [DomainKnn(self.config.n_source_centroids, seed=train.seed).fit(
+        self.knns_ = [DomainKnn(self.config.n_source_centroids, seed=fit_config.seed).fit(
             self._embed(network, frames, device), table["section"].to_numpy(), table["domain"].to_numpy())
             for network in self.networks_]
 

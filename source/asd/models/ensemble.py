@@ -21,11 +21,10 @@ import pandas as pd
 import torch
 
 from asd.cache.shard import Shard
-from asd.models.base import Detector, TrainConfig
+from asd.models.base import ALL_SECTIONS, Detector, FitConfig
 
 COMBINES = ("mean", "max")
 STANDARDISE_BY = ("section", "section-domain")
-ALL = "*"
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def standardisation_table(scores: np.ndarray, sections: np.ndarray, domains: np.
             return None
         return float(values.mean()), float(max(values.std(ddof=1), 1e-12))
 
-    table = {ALL: stats(scores) or (float(np.nanmean(scores)) if len(scores) else 0.0, 1.0)}
+    table = {ALL_SECTIONS: stats(scores) or (float(np.nanmean(scores)) if len(scores) else 0.0, 1.0)}
     for section in np.unique(sections):
         in_section = sections == section
         if (found := stats(scores[in_section])) is not None:
@@ -78,7 +77,7 @@ def standardise(scores: np.ndarray, sections: np.ndarray, domains: np.ndarray,
     """z-scores of clip scores, each with the most specific figures the table has for its clip."""
     out = np.empty(len(scores))
     for i, (score, section, domain) in enumerate(zip(scores, sections, domains, strict=True)):
-        mean, sd = table.get(f"{section}/{domain}") or table.get(str(section)) or table[ALL]
+        mean, sd = table.get(f"{section}/{domain}") or table.get(str(section)) or table[ALL_SECTIONS]
         out[i] = (score - mean) / sd
     return out
 
@@ -94,7 +93,14 @@ class EnsembleDetector(Detector):
         self.members_: list[Detector] = []
         self.standardisation_: list[dict[str, tuple[float, float]]] = []
 
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
+    def applicable_fit_settings(self) -> tuple[str, ...]:
+        """Those of its members: the network settings apply as soon as one member trains a network."""
+        from asd.models.registry import make_detector
+
+        used = {name for member in self.config.members for name in make_detector(member).applicable_fit_settings()}
+        return tuple(name for name in FitConfig.__dataclass_fields__ if name in used)
+
+    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
              device: torch.device, log) -> None:
         from asd.models.registry import make_detector
 
@@ -106,8 +112,8 @@ class EnsembleDetector(Detector):
         self.members_, self.standardisation_ = [], []
         for name in self.config.members:
             log(f"member {name}: fitting")
-            member = make_detector(name).fit(shard, train_clips, val_clips, train, log=log)
-            scores = member.score_clips(shard, reference, train.aggregate, train.device).to_numpy()
+            member = make_detector(name).fit(shard, train_clips, val_clips, fit_config, log=log)
+            scores = member.score_clips(shard, reference, fit_config.aggregate, fit_config.device).to_numpy()
             table = standardisation_table(scores, sections, domains, self.config.standardise_by,
                                           self.config.min_clips)
             log(f"member {name}: standardised on {len(reference)} {what}: "
@@ -117,13 +123,12 @@ class EnsembleDetector(Detector):
             self.history_ = self.history_ or list(member.history_)
 
     def _clip_scores(self, shard: Shard, clip_indices: np.ndarray, device: torch.device) -> pd.Series:
-        reducer = (self.train_config_ or {}).get("aggregate", "mean")
         clips = shard.clips
         sections = clips["section"].to_numpy().astype(str)[clip_indices]
         domains = clips["domain"].to_numpy().astype(str)[clip_indices]
         columns = []
         for member, table in zip(self.members_, self.standardisation_, strict=True):
-            scores = member.score_clips(shard, clip_indices, reducer, str(device)).to_numpy()
+            scores = member.score_clips(shard, clip_indices, self.reducer, str(device)).to_numpy()
             columns.append(standardise(scores, sections, domains, table))
         combined = np.mean(columns, axis=0) if self.config.combine == "mean" else np.max(columns, axis=0)
         return pd.Series(combined, index=clip_indices)
@@ -149,7 +154,7 @@ class EnsembleDetector(Detector):
             cls = detector_class(saved["model"])
             member = cls(cls.config_class(**saved["config"]))
             member.fingerprint_, member.feature_config_ = self.fingerprint_, self.feature_config_
-            member.train_config_, member.history_ = self.train_config_, saved["history"]
+            member.fit_config_, member.history_ = self.fit_config_, saved["history"]
             member._load_state(saved["state"])
             self.members_.append(member)
         self.standardisation_ = [{k: (ms[0], ms[1]) for k, ms in table.items()} for table in state["standardisation"]]

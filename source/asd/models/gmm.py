@@ -32,10 +32,8 @@ import torch
 
 from asd.cache.reading import segment_rows_of
 from asd.cache.shard import Shard
-from asd.models.base import Detector, TrainConfig
+from asd.models.base import ALL_SECTIONS, Detector, FitConfig
 from asd.models.pooling import pooled_features
-
-ALL_SECTIONS = "*"
 
 
 @dataclass(frozen=True)
@@ -154,6 +152,7 @@ class GmmDetector(Detector):
 
     name = "gmm"
     config_class = GmmDetectorConfig
+    trains_network = False
 
     def __init__(self, config: GmmDetectorConfig = GmmDetectorConfig()) -> None:
         super().__init__(config)
@@ -162,22 +161,22 @@ class GmmDetector(Detector):
         self.standardisation_: list[dict[str, tuple[float, float]]] = []  # per pooling: section -> (mean, sd)
 
     # --- fitting -----------------------------------------------------------------------------------
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, train: TrainConfig,
+    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
              device: torch.device, log) -> None:
         cfg = self.config
         clips, features = pooled_features(shard, segment_rows_of(shard, train_clips), cfg.poolings)
         sections = shard.clips["section"].to_numpy().astype(str)[clips]
         domains = shard.clips["domain"].to_numpy().astype(str)[clips]
-        folds = np.random.default_rng(train.seed).permutation(len(clips)) % cfg.folds
+        folds = np.random.default_rng(fit_config.seed).permutation(len(clips)) % cfg.folds
         self.poolings_ = cfg.poolings
         self.models_, self.standardisation_ = [], []
         for i, r in enumerate(cfg.poolings):
             x = features[:, i]
-            models = _fit_groups(x, sections, domains, cfg, train.seed)
+            models = _fit_groups(x, sections, domains, cfg, fit_config.seed)
             out_of_fold = np.full(len(clips), np.nan)
             for fold in range(cfg.folds):
                 held = folds == fold
-                fold_models = _fit_groups(x[~held], sections[~held], domains[~held], cfg, train.seed,
+                fold_models = _fit_groups(x[~held], sections[~held], domains[~held], cfg, fit_config.seed,
                                           {key: m.n_components for key, m in models.items()})
                 if held.any() and fold_models:
                     out_of_fold[held] = _closest_domain_nll(fold_models, x[held], sections[held])

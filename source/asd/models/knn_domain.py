@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DOMAINS = ("source", "target")
-ALL_SECTIONS = "*"
+from asd.dataset.layout import DOMAINS
+from asd.models.base import ALL_SECTIONS
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,12 +1,19 @@
-"""Model names on the command line → detector classes and their default configs."""
+"""Model names on the command line → detector classes and their default configs: a plain table.
+
+Nothing here imports torch or a model (the classes are loaded by name when a model is made), so the
+command line takes its choices straight from this table and `--help` stays fast.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from asd.models.base import Detector
+if TYPE_CHECKING:
+    from asd.models.base import Detector
 
-# name -> (module, class, config overrides). Imports are lazy so `--help` stays fast.
+# name -> (module, class, config overrides)
 MODELS: dict[str, tuple[str, str, dict]] = {
     "ae": ("asd.models.autoencoder", "AutoencoderDetector", {"score": "mse"}),
     "ae-maha": ("asd.models.autoencoder", "AutoencoderDetector", {"score": "mahalanobis"}),
@@ -14,28 +21,33 @@ MODELS: dict[str, tuple[str, str, dict]] = {
     "gmm": ("asd.models.gmm", "GmmDetector", {}),
     "ensemble": ("asd.models.ensemble", "EnsembleDetector", {}),
 }
+DEFAULT_MODEL = "gmm"  # best on the real recordings in bench/bench_quality.py (docs/quality.md)
+# How segment scores become a clip score (asd.models.base.aggregate_clip_scores).
+REDUCERS = ("mean", "max", "median", "p90")
+# torch threads per training process. One: on a machine busy with other work, more threads than free cores
+# made the autoencoder several times slower (docs/speed.md, "Threads"); 0 asks for every core.
+DEFAULT_THREADS = 1
 
 
-def _load_class(name: str) -> type[Detector]:
-    import importlib
-
+def model_class(name: str) -> type[Detector]:
+    """The detector class of a command-line model name."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     module, cls, _ = MODELS[name]
     return getattr(importlib.import_module(module), cls)
 
 
-def detector_class(model_name: str) -> type[Detector]:
-    """The class saved under `model_name` in a checkpoint (the class's own `name`)."""
+def detector_class(saved_name: str) -> type[Detector]:
+    """The class saved under `saved_name` in a checkpoint (the class's own `name`)."""
     for name in MODELS:
-        cls = _load_class(name)
-        if cls.name == model_name:
+        cls = model_class(name)
+        if cls.name == saved_name:
             return cls
-    raise KeyError(f"unknown model {model_name!r} in checkpoint; known: {sorted(MODELS)}")
+    raise KeyError(f"unknown model {saved_name!r} in checkpoint; known: {sorted(MODELS)}")
 
 
 def make_detector(name: str, **overrides) -> Detector:
     """A fresh detector for a command-line model name; `overrides` set fields of its config
     (e.g. `members` of the ensemble)."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-    cls = _load_class(name)
+    cls = model_class(name)
     return cls(replace(cls.config_class(), **{**MODELS[name][2], **overrides}))

@@ -1,29 +1,12 @@
-"""Pieces shared by the training loops: stopping when the held-out loss stops improving, thread count."""
+"""Pieces shared by the training loops: stopping when the held-out loss stops improving, and Adam."""
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def set_threads(threads: int = 0) -> int:
-    """Use `threads` intra-op threads (0: every available core); returns the number set."""
-    n = threads if threads > 0 else available_cores()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
 
 
 @dataclass
