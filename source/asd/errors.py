@@ -1,4 +1,10 @@
 """The project's own error types: bad input or bad state. The command line prints these as one line and exits 2; any other exception is a bug and keeps its traceback."""
+# The commands a message advises, with an interpreter that has the project installed (scripts/install.sh
+# makes .venv/; a bare `python` usually lacks the dependencies and ends in a ModuleNotFoundError).
+PREP_COMMAND = ".venv/bin/python source/data_prep.py"
+MAIN_COMMAND = ".venv/bin/python source/main.py"
+
+
 class AsdError(Exception):
     """Base class of every error the user can fix (bad input, bad state, missing files)."""
 

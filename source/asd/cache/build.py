@@ -25,9 +25,11 @@ from asd.cache.features import SCHEMA_VERSION, FeatureConfig, segment_features, 
 from asd.cache.heap import keep_freed_memory
 from asd.cache.melspec import one_thread_each
 from asd.cache.shard import StaleShard, read_shard_attrs
+from asd.cache.store import old_layout_note, shard_path, summary_path
 from asd.cache.writer import SegmentBatch, ShardWriter
 from asd.dataset.layout import SkippedFile, find_machine_dirs, scan_raw_records
-from asd.errors import BadInput, ShardWriteFailed
+from asd.errors import MAIN_COMMAND, BadInput, ShardWriteFailed
+from asd.folders import check_writable_dir
 
 CLIPS_PER_TASK = 16  # one task = this many clips: amortises dispatch, bounds the memory in flight
 
@@ -55,7 +57,19 @@ class PrepSummary:
     files_skipped: list[SkippedFile] = field(default_factory=list)
     shards_failed: list[SkippedFile] = field(default_factory=list)
     notes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # about the cache folder itself (an old layout)
     seconds: float = 0.0
+
+    def add(self, part: PrepSummary) -> None:
+        """Count in what another part of the run did (a shard built as a task of its own)."""
+        self.clips += part.clips
+        self.segments += part.segments
+        self.shards_written += part.shards_written
+        self.shards_skipped += part.shards_skipped
+        self.files_skipped += part.files_skipped
+        self.shards_failed += part.shards_failed
+        for kind, n in part.notes.items():
+            self.notes[kind] = self.notes.get(kind, 0) + n
 
     def lines(self) -> list[str]:
         rate = self.clips / self.seconds if self.seconds > 0 else 0.0
@@ -67,6 +81,7 @@ class PrepSummary:
         if not self.shards_written and self.shards_skipped:
             out.append("  every shard is up to date: nothing to do (use --force to rebuild)")
         out += [f"  note: {n} clips {what}" for what, n in sorted(self.notes.items())]
+        out += [f"  warning: {text}" for text in self.warnings]
         if self.files_skipped:
             out.append(f"  files skipped: {len(self.files_skipped)}")
             out += [f"    {f.path}: {f.reason}" for f in self.files_skipped]
@@ -74,11 +89,6 @@ class PrepSummary:
             out.append(f"  FAILED: {len(self.shards_failed)} shard(s) not written (the others are complete)")
             out += [f"    {f.path}: {f.reason}" for f in self.shards_failed]
         return out
-
-
-def shard_path(out_dir: Path, dataset: str, machine: str, split_folder: str) -> Path:
-    """data/processed/<dataset>/<machine>/<split>.h5, mirroring the raw tree."""
-    return Path(out_dir) / dataset / machine / f"{split_folder}.h5"
 
 
 def source_digest(clips: list[dict]) -> str:
@@ -154,7 +164,7 @@ def clip_plan(path: str, config: FeatureConfig) -> tuple[int, bool]:
     return len(segment_starts(head.output_samples(config), config)[0]), head.sample_rate != config.sample_rate
 
 
-def _shard_plan(manifest: list[dict], cfg: PrepConfig) -> Iterator[tuple[Path, list[dict], str]]:
+def plan_shards(manifest: list[dict], cfg: PrepConfig) -> Iterator[tuple[Path, list[dict], str]]:
     """Per shard, in order: its path, its clips (manifest records) and the digest of their files. The
     manifest is sorted by dataset, machine and split folder (`layout.scan_raw_records`)."""
     for (dataset, machine, split_folder), group in itertools.groupby(
@@ -309,22 +319,11 @@ def build_shard(path: Path, clips: list[dict], digest: str, cfg: PrepConfig, sum
     _write_shards([_ShardJob(path, clips, digest, cfg)], cfg, summary, parallel, progress)
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """The output folder can be created and written, or a `BadInput` naming it and why."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"--out-dir {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BadInput(f"--out-dir {out_dir} cannot be created ({err.strerror or err})") from err
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise BadInput(f"--out-dir {out_dir} is not writable")
-
-
-def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
-    """Build (or reuse) every shard for the clips under `cfg.raw_dir`. See the module docstring."""
-    start = time.perf_counter()
+def plan_prep(cfg: PrepConfig) -> tuple[list[tuple[Path, list[dict], str]], PrepSummary]:
+    """Everything checked before any shard is written, the same for every way of running: the raw folder,
+    `--machines`, the clips found, the output folder, and per shard whether it is up to date (a shard built
+    with other settings stops the run here, so caches never mix). Returns the shards to build (path, clips,
+    digest) and the summary so far (files skipped while scanning, shards up to date)."""
     if not Path(cfg.raw_dir).is_dir():
         raise BadInput(f"--raw-dir {cfg.raw_dir} is not a folder")
     if cfg.machines:
@@ -337,20 +336,45 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
     if not manifest:
         raise BadInput(
             f"no DCASE-style clips under {cfg.raw_dir!r} (expected <dataset>/<machine>/train/*.wav). "
-            "Make a synthetic dataset with `python source/main.py synth`, or point --raw-dir at your data."
+            f"Make a synthetic dataset with `{MAIN_COMMAND} synth`, or point --raw-dir at your data."
         )
-    check_out_dir(Path(cfg.out_dir))
-    summary = PrepSummary(files_skipped=list(skipped_names))
-    plan = list(_shard_plan(manifest, cfg))
-    # Decide for every shard before writing anything, so a settings clash stops the run up front.
+    check_writable_dir(cfg.out_dir, "--out-dir")
+    summary = PrepSummary(files_skipped=list(skipped_names),
+                          warnings=[note for note in [old_layout_note(cfg.out_dir)] if note])
     todo = []
-    for path, clips, digest in plan:
+    for path, clips, digest in plan_shards(manifest, cfg):
         remove_stale_partials(path.parent, f".{path.name}.*.partial")  # killed runs, --force or not
         action = "build" if cfg.force else check_cache(path, cfg.features, digest)
         if action == "skip":
             summary.shards_skipped.append(str(path))
         else:
             todo.append((path, clips, digest))
+    return todo, summary
+
+
+def run_prep(cfg: PrepConfig, show_progress: bool = True, executor=None) -> PrepSummary:
+    """Build (or reuse) every shard for the clips under `cfg.raw_dir`. See the module docstring.
+
+    `executor` (e.g. `asd.engine.distributed.DaskExecutor`) builds each shard as a task of its own with
+    `build_shard_task`; without one, this process builds them with a pool of worker threads.
+    """
+    start = time.perf_counter()
+    todo, summary = plan_prep(cfg)
+    if executor is None:
+        _build_here(todo, cfg, summary, show_progress)
+    elif todo:
+        jobs = [(path, clips, digest, cfg) for path, clips, digest in todo]
+        for _, part in executor.map(build_shard_task, jobs, label="shard"):
+            summary.add(part)
+        summary.shards_written.sort()
+    summary.seconds = time.perf_counter() - start
+    _write_summary(cfg, summary)
+    return summary
+
+
+def _build_here(todo: list[tuple[Path, list[dict], str]], cfg: PrepConfig, summary: PrepSummary,
+                show_progress: bool) -> None:
+    """Every shard of `todo` from one stream of tasks on worker threads; this thread is the only writer."""
     n_todo = sum(len(clips) for _, clips, _ in todo)
     keep_freed_memory()  # no page faults for every clip's temporaries (asd.cache.heap)
     # Threads by default: decoding and the STFT release the GIL, and results need no pickling (a process
@@ -362,20 +386,31 @@ def run_prep(cfg: PrepConfig, show_progress: bool = True) -> PrepSummary:
     with one_thread_each(torch_too=any(job.resamples for job in jobs)), tqdm(
             total=n_todo, unit="clip", desc="data_prep", disable=not show_progress or n_todo == 0) as bar:
         _write_shards(jobs, cfg, summary, parallel, bar)
+
+
+def build_shard_task(path: Path, clips: list[dict], digest: str, cfg: PrepConfig) -> PrepSummary:
+    """One shard as a task of its own (on a Dask worker): decoded in this worker's own thread; what it did
+    comes back as a summary. Skipped when another run built it in the meantime."""
+    summary = PrepSummary()
+    start = time.perf_counter()
+    if not cfg.force and check_cache(path, cfg.features, digest) == "skip":
+        summary.shards_skipped.append(str(path))
+        return summary
+    with tqdm(disable=True) as bar:
+        build_shard(path, clips, digest, cfg, summary, Parallel(n_jobs=1, return_as="generator"), bar)
     summary.seconds = time.perf_counter() - start
-    _write_summary(cfg, summary)
     return summary
 
 
 def _write_summary(cfg: PrepConfig, summary: PrepSummary) -> None:
     """data_prep_summary.json, through a temporary name of this process's own (concurrent runs)."""
-    out = Path(cfg.out_dir)
-    remove_stale_partials(out, ".data_prep_summary.json.*.partial")
+    final = summary_path(cfg.out_dir)
+    remove_stale_partials(final.parent, f".{final.name}.*.partial")
     record = {"config": asdict(cfg), **asdict(summary)}
-    tmp = out / f".data_prep_summary.json.{os.getpid()}.partial"
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
     try:
         tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, out / "data_prep_summary.json")
+        os.replace(tmp, final)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        summary.shards_failed.append(SkippedFile(str(out / "data_prep_summary.json"), f"not written: {err}"))
+        summary.shards_failed.append(SkippedFile(str(final), f"not written: {err}"))

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from asd.cache.features import SCHEMA_VERSION, FeatureConfig
-from asd.errors import BadState
+from asd.errors import PREP_COMMAND, BadState, DamagedFile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,9 +168,23 @@ def read_shard_attrs(path: Path) -> dict | None:
     return attrs if attrs.get("complete") else None
 
 
-def find_shards(processed_dir: Path, machines: list[str] | None = None) -> list[Path]:
-    """Every complete shard below `processed_dir` (temporary files are never matched), sorted."""
-    shards = sorted(p for p in Path(processed_dir).rglob("*.h5") if not p.name.startswith("."))
-    if machines:
-        shards = [p for p in shards if p.parent.name in machines]
-    return shards
+def check_shard(path: Path) -> None:
+    """Open a shard and read its tables and array shapes; DamagedFile (naming the shard) if that fails.
+
+    A truncated or overwritten HDF5 file fails here, before any training; data_prep treats such a file as
+    missing and rebuilds it. An incomplete or stale shard raises StaleShard (also an AsdError).
+    """
+    rebuild = f"`{PREP_COMMAND}` rebuilds it (same --raw-dir/--out-dir as before)"
+    try:
+        shard = Shard(path)
+        clips, segments = shard.clips, shard.segments
+        shapes = shard.file["waveform"].shape, shard.file["logmel"].shape
+        shard.close()
+    except (OSError, KeyError) as err:  # h5py: truncated/garbled file, missing dataset or attribute
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DamagedFile(f"shard {path} is damaged ({reason}); {rebuild}") from None
+    n_segments = len(segments)
+    if shapes[0][0] != n_segments or shapes[1][0] != n_segments or \
+            int(clips["n_segments"].sum()) != n_segments:
+        raise DamagedFile(f"shard {path} is damaged (its tables and arrays disagree on the number of "
+                          f"segments); {rebuild}")

@@ -69,10 +69,10 @@ def load_catalog(path: Path | None = None) -> dict:
 
 def select_archives(catalog: dict, dataset: str, dev: bool, eval_: bool,
                     machines: list[str] | None) -> list[Archive]:
-    """Archives of one dataset, filtered by part and machine type; raises ValueError on unknown names."""
+    """Archives of one dataset, filtered by part and machine type; raises DownloadError on unknown names."""
     datasets = catalog["datasets"]
     if dataset not in datasets:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(datasets))}")
+        raise DownloadError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(datasets))}")
     parts = ({"dev"} if dev else set()) | ({"eval_train", "eval_test"} if eval_ else set())
     if not parts:
         parts = {"dev", "eval_train", "eval_test"}
@@ -80,7 +80,7 @@ def select_archives(catalog: dict, dataset: str, dev: bool, eval_: bool,
     known = sorted({a.machine for a in entries})
     unknown = sorted(set(machines or []) - set(known))
     if unknown:
-        raise ValueError(f"{dataset} has no machine type(s) {unknown} in the selected parts; known: {known}")
+        raise DownloadError(f"{dataset} has no machine type(s) {unknown} in the selected parts; known: {known}")
     return [a for a in entries if not machines or a.machine in machines]
 
 

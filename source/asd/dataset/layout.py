@@ -31,6 +31,8 @@ SPLIT_FOLDERS: dict[str, str] = {
     "supplemental": "supplemental",
 }
 
+DOMAINS = ("source", "target")  # recording conditions a DCASE name can give; "unknown" when it gives none
+
 MANIFEST_COLUMNS = [
     "path", "rel_path", "file_name", "dataset", "machine", "split_folder", "split",
     "section", "domain", "label", "attributes", "clip_number", "style",
@@ -119,6 +121,33 @@ def find_machine_dirs(raw_root: Path) -> list[Path]:
     return sorted(found)
 
 
+# The official archives unpack to <dataset>/dev_data/raw/<machine>/ and <dataset>/eval_data/raw/<machine>/
+# (`asd download`): those folders name a part of the dataset, not a dataset.
+_PART_SUFFIXES = {"dev_data/raw": "", "eval_data/raw": "-eval"}
+
+
+def dataset_name(raw_root: Path, machine_dir: Path) -> str:
+    """The dataset a machine folder belongs to, as every table, page and cache path names it.
+
+    `<name>/<machine>/` gives `<name>`; the official layout `<name>/dev_data/raw/<machine>/` gives `<name>` and
+    `<name>/eval_data/raw/<machine>/` gives `<name>-eval` (so a year's development and evaluation sets never
+    share a name). Machine folders straight under `raw_root` give "." (the name is then the folder the cache
+    is read from); so does `raw_root` being a machine folder itself (a one-machine course dataset).
+    """
+    raw_root, machine_dir = Path(raw_root), Path(machine_dir)
+    if machine_dir == raw_root:
+        return "."
+    parent = machine_dir.parent.relative_to(raw_root).as_posix()
+    if parent == "raw" and raw_root.name + "/raw" in _PART_SUFFIXES:  # raw_root = <name>/dev_data
+        return raw_root.parent.name + _PART_SUFFIXES[raw_root.name + "/raw"]
+    for part, suffix in _PART_SUFFIXES.items():
+        if parent == part:
+            return raw_root.name + suffix
+        if parent.endswith("/" + part):
+            return parent[: -len(part) - 1] + suffix
+    return parent
+
+
 @dataclass(frozen=True)
 class SkippedFile:
     """A file that was left out of a run, and why."""
@@ -158,8 +187,7 @@ def scan_raw_root(
 
     Returns the manifest (columns `MANIFEST_COLUMNS`, sorted by dataset, machine, split folder and file
     name) and the files that were skipped with the reason for each; an unparseable name never aborts.
-    `dataset` is the path from `raw_root` to the machine folder's parent ("." when the machine folders
-    sit directly under `raw_root`).
+    `dataset` is the machine folder's dataset name (see `dataset_name`).
     """
     import pandas as pd
 
@@ -177,8 +205,7 @@ def scan_raw_records(raw_root: Path, machines: list[str] | None = None) -> tuple
         machine = machine_dir.name
         if machines and machine not in machines:
             continue
-        # raw_root may be a machine folder itself (a one-machine course dataset): dataset "." then
-        dataset = "." if machine_dir == raw_root else machine_dir.parent.relative_to(raw_root).as_posix()
+        dataset = dataset_name(raw_root, machine_dir)
         for split_folder, split in SPLIT_FOLDERS.items():
             split_dir = machine_dir / split_folder
             if not split_dir.is_dir():
