@@ -17,6 +17,7 @@ The metrics are those of `asd.evaluation.metrics`; the confidence interval is th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import pandas as pd
 import scipy.stats
 
 from asd.errors import AsdError
-from asd.evaluation.metrics import MAX_FPR, auc_or_nan, dataset_score, metrics_table
+from asd.evaluation.metrics import MAX_FPR, auc_or_nan, dataset_score, metrics_table, rules_label
 from asd.evaluation.submission import read_submission_decisions, read_submission_scores, submission_file_names
+from asd.run_folder import RunFolder, evaluation_dir_for
 
 _GT_2022 = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
 _GT_2021 = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_(?P<domain>source|target)_test\.csv$")
@@ -104,11 +106,15 @@ def load_ground_truth(folder: Path) -> GroundTruth:
 
 
 def submission_folders(path: Path) -> list[Path]:
-    """The folder itself if it holds anomaly_score files, else every such folder below it (a run folder)."""
+    """Folders of official files in or below `path`: a run folder's own `<dataset>/submission/` folders
+    (asked of the run folder), the folder itself when it holds anomaly_score files, else those of its
+    subfolders (a folder of teams' submissions, or of runs)."""
     path = Path(path)
+    if RunFolder(path).config_json.is_file():
+        return RunFolder(path).submission_dirs()
     if any(path.glob("anomaly_score_*.csv")):
         return [path]
-    return sorted({p.parent for p in path.rglob("anomaly_score_*.csv")})
+    return [found for child in sorted(p for p in path.iterdir() if p.is_dir()) for found in submission_folders(child)]
 
 
 @dataclass
@@ -216,7 +222,7 @@ def format_evaluation(ev: Evaluation, rules: str) -> str:
     """A readable block: per machine and section, then the official score with its interval."""
     cols = [c for c in ("AUC (source)", "AUC (target)", "pAUC", "F1 score (source)", "F1 score (target)")
             if c in ev.table.columns]
-    lines = [f"{ev.folder}  ({rules} rules, {len(ev.predictions)} clips)",
+    lines = [f"{ev.folder}  ({rules_label(rules)}, {len(ev.predictions)} clips)",
              f"  {'machine':<20}{'section':>8}  " + "  ".join(f"{c:>17}" for c in cols)]
     for _, row in ev.table.iterrows():
         lines.append(f"  {row['machine']:<20}{row['section']:>8}  " + "  ".join(f"{float(row[c]):17.4f}" for c in cols))
@@ -225,6 +231,34 @@ def format_evaluation(ev: Evaluation, rules: str) -> str:
     lines.append(f"  official score: {official:.4f}" + (f" ± {ci:.4f} (95 % jackknife CI)" if ci is not None else ""))
     lines += [f"  note: {n}" for n in ev.notes]
     return "\n".join(lines)
+
+
+def evaluate_folders(ground_truth: Path, folders, with_ci: bool = True, echo: Callable[[str], None] = print,
+                     echo_error: Callable[[str], None] | None = None) -> bool:
+    """Evaluate every folder of official files found in `folders` (run folders or submissions) against the
+    ground truth; figures go to an `evaluation/` folder beside each. Every mismatch is said, a folder at a
+    time; returns whether all of them were evaluated."""
+    truth = load_ground_truth(ground_truth)
+    all_done = True
+    for folder in folders:
+        found = [f for f in submission_folders(folder)  # e.g. a run holding a dev and an eval dataset
+                 if any(any(f.glob(f"anomaly_score_{m}_*.csv")) for m in truth.machines)]
+        if not found:
+            (echo_error or echo)(f"error: no anomaly_score_*.csv files of {', '.join(truth.machines)} in or below "
+                                 f"{folder}")
+            all_done = False
+            continue
+        for sub in found:
+            try:
+                ev = evaluate_folder(sub, truth, with_ci=with_ci)
+            except EvaluationError as err:  # this folder only: the others are still evaluated
+                (echo_error or echo)(f"error: {err}")
+                all_done = False
+                continue
+            out = write_evaluation(ev, evaluation_dir_for(sub), truth.rules)
+            echo(format_evaluation(ev, truth.rules))
+            echo(f"  -> {out}")
+    return all_done
 
 
 def write_evaluation(ev: Evaluation, out_dir: Path, rules: str) -> Path:

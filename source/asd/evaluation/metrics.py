@@ -28,8 +28,12 @@ import pandas as pd
 import scipy.stats
 from sklearn import metrics as skm
 
+from asd.dataset.layout import DOMAINS
+
 RULES = ("dcase2020", "dcase2021", "dcase2022")
-DOMAINS = ("source", "target")
+# How each rule set is named on screen and in pages: "dcase2022" are the rules of every year from 2022 on.
+RULE_LABELS = {"dcase2020": "DCASE 2020 rules", "dcase2021": "DCASE 2021 rules",
+               "dcase2022": "DCASE 2022-2026 rules"}
 MAX_FPR = 0.1
 # The evaluators floor every value at this before harmonic means and divisions.
 EPS = sys.float_info.epsilon
@@ -54,6 +58,11 @@ def check_rules(rules: str) -> str:
     if rules not in RULES:
         raise ValueError(f"unknown rules {rules!r}; expected one of {RULES}")
     return rules
+
+
+def rules_label(rules: str) -> str:
+    """The rule set as a reader knows it, e.g. "DCASE 2022-2026 rules" (never a year the data is not from)."""
+    return RULE_LABELS[check_rules(rules)]
 
 
 def metric_columns(rules: str) -> list[str]:

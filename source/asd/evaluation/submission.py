@@ -205,32 +205,17 @@ def write_machine_result(predictions: pd.DataFrame, out_path: str | Path, rules:
     return _write_rows(Path(out_path), rows)
 
 
-def write_summary(predictions: pd.DataFrame, out_dir: str | Path, rules: str) -> dict[str, float]:
+def write_summary(predictions: pd.DataFrame, summary_csv: str | Path, official_csv: str | Path,
+                  rules: str) -> dict[str, float]:
     """Write ``summary.csv`` (one row per machine x section, every metric) and ``official_score.csv``.
 
     ``official_score.csv`` holds ``metric,value`` rows from ``metrics.dataset_score``; the same numbers are
     returned. NaN scores mean "not measurable" (no labelled clips).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     table = metrics_table(predictions, rules)
     rows = [list(table.columns)] + [[_cell(v) for v in row] for row in table.itertuples(index=False)]
-    _write_rows(out / "summary.csv", rows)
+    _write_rows(Path(summary_csv), rows)
     scores = dataset_score(predictions, rules)
-    _write_rows(out / "official_score.csv",
+    _write_rows(Path(official_csv),
                 [["metric", "value"], ["rules", rules]] + [[k, _cell(v)] for k, v in scores.items()])
     return scores
-
-
-def write_predictions_table(predictions: pd.DataFrame, path: str | Path) -> Path:
-    """Write the file-by-file table over all machines, sorted by machine, section and file name.
-
-    Columns: file_name, machine, section, domain, score, threshold, decision, label.
-    """
-    cols = ["file_name", "machine", "section", "domain", "score", "threshold", "decision", "label"]
-    _require(predictions, cols)
-    table = predictions[cols].assign(section=predictions["section"].astype(str))
-    table = table.sort_values(["machine", "section", "file_name"], kind="mergesort")
-    rows = [cols] + [[_cell(v) for v in row] for row in table.itertuples(index=False)]
-    return _write_rows(Path(path), rows)
-

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
 METHODS = ("gamma", "percentile")
 # Fewer scores than this cannot support a three-parameter gamma fit.
@@ -78,6 +77,8 @@ def _gamma_problem(scores: np.ndarray) -> str:
 
 def _fit_gamma(scores: np.ndarray, q: float) -> tuple[float, tuple[float, float, float], str]:
     """Gamma fit as the DCASE baselines do it; returns (threshold, params, failure reason)."""
+    import scipy.stats  # here: the command line reads METHODS for its choices and must start fast
+
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             # The optimiser warns freely on near-degenerate data; the result is checked below instead.
@@ -147,11 +148,6 @@ def fit_threshold(
     return ThresholdFit(value, "percentile", float(percentile), (), int(scores.size), "; ".join(notes))
 
 
-def decide(scores: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
-    """0/1 decisions as DCASE defines them: 1 (anomalous) where ``score > threshold``, else 0."""
-    return (np.asarray(scores, dtype=np.float64) > float(threshold)).astype(np.int64)
-
-
 def false_alarm_rate(normal_scores: Sequence[float] | np.ndarray, threshold: float) -> float:
     """Share of normal clips flagged anomalous (``score > threshold``); NaN when there are no scores.
 
@@ -163,3 +159,21 @@ def false_alarm_rate(normal_scores: Sequence[float] | np.ndarray, threshold: flo
     if scores.size == 0:
         return float("nan")
     return float(np.mean(scores > float(threshold)))
+
+
+def cross_fitted_false_alarm_rate(normal_scores: np.ndarray, method: str, percentile: float, seed: int) -> float:
+    """False-alarm rate of the threshold rule on normal clips it was not fitted on: fit on one half of the
+    held-out normal scores, count alarms on the other half, and the other way round (NaN below 4 clips).
+
+    Measuring on the clips the threshold was fitted on would return about 100 - percentile by construction.
+    """
+    normal = np.asarray(normal_scores, dtype=np.float64)
+    if len(normal) < 4:
+        return float("nan")
+    order = np.random.default_rng(seed).permutation(len(normal))
+    halves = (normal[order[: len(normal) // 2]], normal[order[len(normal) // 2:]])
+    rates = []
+    for fit_on, check_on in (halves, halves[::-1]):
+        fit = fit_threshold(fit_on, method=method, percentile=percentile)
+        rates.append(false_alarm_rate(check_on, fit.value))
+    return float(np.mean(rates))

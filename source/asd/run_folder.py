@@ -1,0 +1,272 @@
+"""The one owner of a run folder (`output/<run>/`): every path in it, its configuration, its tables, and
+where each model is. Other modules ask it for paths; none composes or searches one.
+
+    output/<run>/
+        config.json            the run configuration as the engine built it, plus what was used and done
+        config.yaml            the options the run used (`--config` repeats it)
+        thresholds.csv         per machine type x section (and "*" pooled): threshold, false-alarm rate
+        predictions.csv        one row per test clip: dataset, file, machine, section, domain, score, ...
+        summary.txt            what the test stage printed
+        report.html            the run on one page
+        seeds.csv              with several seeds: the official score of each (their runs in seed_<s>/)
+        scores_<machine>_<time>.csv                       written by `score`
+        <dataset>/summary.csv, official_score.csv, shared_train.log
+        <dataset>/submission/  the official files (anomaly_score_*.csv, decision_result_*.csv)
+        <dataset>/evaluation/  evaluation-set figures (`evaluate`, `test --ground-truth`)
+        <dataset>/<machine>/   model.pt, task.json, train.log, loss.png, result.csv, roc.png,
+                               score_histogram.png
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asd.errors import MAIN_COMMAND, BadInput, BadState, MissingModel
+from asd.folders import check_writable_dir, write_atomically
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+RUNS_ROOT = Path("output")
+
+
+def new_run_path(model: str, root: str | Path = RUNS_ROOT) -> Path:
+    """`output/<date>-<time>_<model>` (with a suffix when taken: runs never overwrite each other)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{stamp}_{model}"
+    suffix = 1
+    while path.exists():
+        path = Path(root) / f"{stamp}_{model}-{suffix}"
+        suffix += 1
+    return path
+
+
+def evaluation_dir_for(submission_dir: str | Path) -> Path:
+    """Where the evaluation-set figures of a folder of official files go: beside a run's `submission/`,
+    inside any other folder."""
+    submission_dir = Path(submission_dir)
+    return submission_dir.parent / "evaluation" if submission_dir.name == "submission" else \
+        submission_dir / "evaluation"
+
+
+class RunFolder:
+    """One run folder. `RunFolder.create` makes (or reuses) one for writing; `RunFolder.existing` opens a
+    finished one."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def create(cls, path: str | Path | None, model: str, option: str = "--output-dir") -> RunFolder:
+        """The folder `path`, or a new `output/<time>_<model>/`, checked writable (BadInput otherwise)."""
+        return cls(check_writable_dir(path if path is not None else new_run_path(model), option))
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunFolder:
+        """A folder the train stage made (BadState when it has no config.json)."""
+        folder = cls(path)
+        if not folder.config_json.is_file():
+            raise BadState(f"{path} is not a run folder (no config.json); make one with `{MAIN_COMMAND} train`")
+        return folder
+
+    # --- paths -----------------------------------------------------------------------------------
+    @property
+    def config_json(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def thresholds_csv(self) -> Path:
+        return self.path / "thresholds.csv"
+
+    @property
+    def predictions_csv(self) -> Path:
+        return self.path / "predictions.csv"
+
+    @property
+    def summary_txt(self) -> Path:
+        return self.path / "summary.txt"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def seeds_csv(self) -> Path:
+        return self.path / "seeds.csv"
+
+    def scores_csv(self, machine: str, when: datetime | None = None) -> Path:
+        return self.path / f"scores_{machine}_{(when or datetime.now()):%Y%m%d-%H%M%S}.csv"
+
+    def seed_folder(self, seed: int) -> RunFolder:
+        return RunFolder(self.path / f"seed_{seed}")
+
+    def dataset_dir(self, dataset: str) -> Path:
+        return self.path / dataset
+
+    def summary_csv(self, dataset: str) -> Path:
+        return self.dataset_dir(dataset) / "summary.csv"
+
+    def official_score_csv(self, dataset: str) -> Path:
+        return self.dataset_dir(dataset) / "official_score.csv"
+
+    def submission_dir(self, dataset: str) -> Path:
+        return self.dataset_dir(dataset) / "submission"
+
+    def shared_train_log(self, dataset: str) -> Path:
+        return self.dataset_dir(dataset) / "shared_train.log"
+
+    def machine_dir(self, dataset: str, machine: str) -> Path:
+        return self.dataset_dir(dataset) / machine
+
+    def model_path(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "model.pt"
+
+    def task_record(self, dataset: str, machine: str) -> Path:
+        """`task.json`: the run configuration and threshold rows of a machine type whose model is saved."""
+        return self.machine_dir(dataset, machine) / "task.json"
+
+    def train_log(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "train.log"
+
+    def loss_png(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "loss.png"
+
+    def result_csv(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "result.csv"
+
+    def roc_png(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "roc.png"
+
+    def histogram_png(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "score_histogram.png"
+
+    # --- configuration ---------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        """config.json as written ({} when there is none)."""
+        return json.loads(self.config_json.read_text()) if self.config_json.is_file() else {}
+
+    def update_config(self, record: dict[str, Any]) -> None:
+        """Merge `record` into config.json (created with the folder when missing)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.config_json, json.dumps({**self.read_config(), **record}, indent=2, default=str))
+
+    def run_record(self) -> dict[str, Any]:
+        """The run configuration in config.json (`asd.engine.config.RunConfig.to_dict`). A folder written
+        before the configuration had its own record kept the fit settings under "train"; they are read
+        into the same shape."""
+        config = self.read_config()
+        if "run" in config:
+            return dict(config["run"])
+        old = dict(config.get("train", {}))
+        return {"model": config.get("model", "?"), "model_options": config.get("model_options", {}),
+                "processed_dir": config.get("processed_dir", ""), "machines": config.get("machines", []),
+                **{k: old.pop(k) for k in ("val_fraction", "threshold_method", "threshold_percentile") if k in old},
+                "fit": old}
+
+    def write_config_yaml(self, text: str) -> Path:
+        return write_atomically(self.config_yaml, text)
+
+    # --- tables ----------------------------------------------------------------------------------
+    def write_thresholds(self, rows: list[dict]) -> Path:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(self.thresholds_csv, index=False)
+        return self.thresholds_csv
+
+    def read_thresholds(self) -> pd.DataFrame | None:
+        import pandas as pd
+
+        if not self.thresholds_csv.is_file():
+            return None
+        table = pd.read_csv(self.thresholds_csv, dtype={"section": str, "note": str, "fitted_on": str})
+        for column in ("note", "fitted_on"):
+            if column in table:
+                table[column] = table[column].fillna("")
+        return table
+
+    def write_predictions(self, predictions: pd.DataFrame) -> Path:
+        """predictions.csv: one row per test clip of every machine type, sorted by dataset, machine, section
+        and file name; scores as the shortest text that reads back to the same number."""
+        columns = ["dataset", "file_name", "machine", "section", "domain", "score", "threshold", "decision",
+                   "label"]
+        table = predictions[columns].assign(section=predictions["section"].astype(str))
+        table = table.sort_values(["dataset", "machine", "section", "file_name"], kind="mergesort")
+        table.to_csv(self.predictions_csv, index=False, lineterminator="\n")
+        return self.predictions_csv
+
+    def read_predictions(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_csv(self.predictions_csv, dtype={"section": str, "file_name": str, "dataset": str})
+
+    def write_summary_text(self, text: str) -> Path:
+        self.summary_txt.write_text(text + "\n")
+        return self.summary_txt
+
+    def append_summary_text(self, text: str) -> None:
+        """Add lines to summary.txt when the test stage wrote one."""
+        if self.summary_txt.is_file():
+            with open(self.summary_txt, "a") as file:
+                file.write("\n" + text + "\n")
+
+    def read_task(self, dataset: str, machine: str) -> dict[str, Any] | None:
+        path = self.task_record(dataset, machine)
+        return json.loads(path.read_text()) if path.is_file() and self.model_path(dataset, machine).is_file() else None
+
+    def write_task(self, dataset: str, machine: str, record: dict[str, Any]) -> None:
+        write_atomically(self.task_record(dataset, machine), json.dumps(record, default=str))
+
+    # --- what is in it ---------------------------------------------------------------------------
+    def trained(self) -> list[tuple[str, str]]:
+        """(dataset, machine) of every machine type the run trained, from config.json."""
+        return [tuple(key.rsplit("/", 1)) for key in self.read_config().get("trained", [])]
+
+    def datasets(self) -> list[str]:
+        """Datasets the test stage wrote results for (the `dataset` column of predictions.csv; in folders
+        written before predictions.csv had it, the datasets of the trained machine types)."""
+        found: set[str] = set()
+        if self.predictions_csv.is_file():
+            header = self.predictions_csv.read_text().split("\n", 1)[0].split(",")
+            if "dataset" in header:
+                found = set(self.read_predictions()["dataset"])
+        if not found:
+            found = {dataset for dataset, _ in self.trained()}
+        return sorted(d for d in found if self.summary_csv(d).is_file())
+
+    def submission_dirs(self) -> list[Path]:
+        return [self.submission_dir(d) for d in self.datasets() if self.submission_dir(d).is_dir()]
+
+    def find_model(self, machine: str, dataset: str | None = None) -> Path:
+        """The model.pt of a machine type (MissingModel when the run has none; BadInput when several
+        datasets have one and `dataset` does not choose)."""
+        datasets = [d for d, m in self.trained() if m == machine and self.model_path(d, m).is_file()]
+        if dataset is not None:
+            datasets = [d for d in datasets if d == dataset]
+        if not datasets:
+            raise MissingModel(f"no trained model for machine type {machine!r} in {self.path}")
+        if len(datasets) > 1:
+            raise BadInput(f"{machine!r} was trained in several datasets {datasets}; pick one with --dataset")
+        return self.model_path(datasets[0], machine)
+
+    def remove_partial_files(self, dataset: str, machine: str) -> list[Path]:
+        """Remove the temporary `.<name>.partial` files a killed run left in a machine type's folder."""
+        folder = self.machine_dir(dataset, machine)
+        removed = []
+        if folder.is_dir():
+            for path in folder.glob(".*.partial"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
