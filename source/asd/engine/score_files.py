@@ -16,9 +16,8 @@ from asd.cache.features import FeatureConfig, segment_features
 from asd.cache.shard import Shard
 from asd.cache.writer import ShardWriter
 from asd.dataset.layout import UnparseableName, parse_clip_name
-from asd.engine.train import ALL_SECTIONS, threshold_for
-from asd.errors import BadInput, MissingModel
-from asd.models.base import load_detector
+from asd.errors import BadInput
+from asd.models.base import ALL_SECTIONS, Detector
 
 
 def _wav_files(paths: list[Path]) -> list[Path]:
@@ -29,26 +28,20 @@ def _wav_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _model_path(run_dir: Path, machine: str, dataset: str | None) -> Path:
-    candidates = sorted(Path(run_dir).rglob(f"{machine}/model.pt"))
-    if dataset is not None:
-        candidates = [c for c in candidates if c.parent.parent.relative_to(run_dir).as_posix() == dataset]
-    if not candidates:
-        raise MissingModel(f"no trained model for machine type {machine!r} in {run_dir}")
-    if len(candidates) > 1:
-        names = [c.parent.parent.relative_to(run_dir).as_posix() for c in candidates]
-        raise BadInput(f"{machine!r} was trained in several datasets {names}; pick one with --dataset")
-    return candidates[0]
+def check_aggregate(detector: Detector, aggregate: str | None) -> None:
+    """`--aggregate` may only name the model's own reducer: its thresholds were fitted on clip scores made
+    with it, so another reducer would compare scores and thresholds of different kinds (BadInput)."""
+    if aggregate is not None and aggregate != detector.reducer:
+        raise BadInput(f"--aggregate {aggregate}: this model's thresholds were fitted on clip scores reduced "
+                       f"with {detector.reducer!r}, so its decisions hold only for those; leave --aggregate out, "
+                       f"or train a model with --aggregate {aggregate}")
 
 
-def score_paths(run_dir: Path, machine: str, paths: list[Path], dataset: str | None = None,
-                aggregate: str | None = None, device: str = "auto"
+def score_paths(detector: Detector, machine: str, paths: list[Path], device: str = "auto"
                 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Score wav files (any names) or folders of them. Returns the table
-    (file, section, score, threshold, decision) and the files skipped with the reason."""
-    detector = load_detector(_model_path(Path(run_dir), machine, dataset))
+    """Score wav files (any names) or folders of them with a fitted detector of a machine type. Returns
+    the table (file, section, score, threshold, decision) and the files skipped with the reason."""
     config = FeatureConfig(**detector.feature_config_)
-    reducer = aggregate or detector.train_config_.get("aggregate", "mean")
     skipped: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="asd-score-") as tmp:
         writer = ShardWriter(Path(tmp) / "score.h5", config, {"dataset": "score", "machine": machine,
@@ -76,11 +69,10 @@ def score_paths(run_dir: Path, machine: str, paths: list[Path], dataset: str | N
             raise BadInput("no usable wav file among the given paths"
                                     + "".join(f"\n  {p}: {r}" for p, r in skipped))
         shard = Shard(writer.commit())
-        scores = detector.score_clips(shard, None, reducer, device)
+        scores = detector.score_clips(shard, device=device)
         clips = shard.clips.loc[scores.index]
         shard.close()
     table = pd.DataFrame({"file": clips["rel_path"].to_numpy(), "section": clips["section"].to_numpy(),
                           "score": scores.to_numpy()})
-    table["threshold"] = [threshold_for(detector, s) for s in table["section"]]
-    table["decision"] = (table["score"] > table["threshold"]).astype(int)
+    table["threshold"], table["decision"] = detector.decisions(table["score"].to_numpy(), table["section"].to_numpy())
     return table, skipped

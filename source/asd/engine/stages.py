@@ -1,261 +1,345 @@
-"""The train and test stages as the command line runs them: every machine type in turn, one that fails
-with an AsdError is reported and skipped, the others go on, and the outcome lists what failed.
+"""The train and test stages: one orchestrator, whatever executes the work.
 
-Everything a stage needs is checked before the first machine type starts (shards found, device, run
-folder writable); each machine type's shards are checked before its own work starts.
+A stage is a list of `MachineTask`s (one per machine type, per seed), each run by `run_machine` in this
+process or as a Dask task (`asd.engine.distributed.DaskExecutor`): the same steps, the same files, the
+same scores. Around the tasks, this module checks everything before the first one starts (shards found,
+device, run folder writable, the model's settings), trains what a model learns per dataset first, and
+writes the run's tables, summary and page from what the tasks return.
+
+A machine type that fails with an AsdError is reported and skipped; the others go on, and the outcome
+lists what failed. A machine type whose model and task record were saved by an earlier run of the same
+configuration is not trained again (a rerun finishes only what is missing).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from typing import Any
 
 import click
+import pandas as pd
 
-from asd.cli.config_file import write_effective_config
-from asd.cli.options import check_writable_dir
-from asd.errors import AsdError, BadInput, BadState
+from asd.cache.shard import check_shard
+from asd.cache.store import MachineData, discover, old_layout_note
+from asd.engine.config import RunConfig
+from asd.errors import PREP_COMMAND, AsdError, BadInput, BadState
+from asd.folders import check_writable_dir
+from asd.run_folder import RunFolder
+
+
+class InProcess:
+    """Runs tasks one after the other in this process (the executor of a run without `--scheduler`)."""
+
+    remote = False
+
+    def map(self, function: Callable, argument_lists: Iterable[tuple], label: str = "task"
+            ) -> Iterator[tuple[tuple, Any]]:
+        for arguments in argument_lists:
+            yield arguments, function(*arguments)
 
 
 @dataclass
 class StageOutcome:
-    """What a stage did: the run folder, the machine types done, and those that failed with the reason."""
+    """What a stage did in one run folder: the machine types done, and those that failed with the reason."""
 
-    run_dir: Path
+    folder: RunFolder
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     reported: bool = False  # summary.txt written by this command
+    rerun_hint: str = ""  # how to finish what failed, once it is mended
 
-    def fail(self, key: str, stage: str, err: Exception | str) -> None:
+    def fail(self, key: str, stage: str, err: Exception | str, label: str = "") -> None:
         self.failed[key] = f"{stage}: {err}"
-        click.echo(f"error: {key}: {stage} failed: {err}", err=True)
+        click.echo(f"error: {key}{label}: {stage} failed: {err}", err=True)
 
 
-def new_run_dir(model: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("output") / f"{stamp}_{model}"
-    suffix = 1
-    while path.exists():  # runs never overwrite each other
-        path = Path("output") / f"{stamp}_{model}-{suffix}"
-        suffix += 1
-    return path
+@dataclass(frozen=True)
+class MachineTask:
+    """One unit of work: a machine type trained and/or tested with one configuration into one run folder."""
+
+    machine: MachineData
+    config: RunConfig
+    folder: RunFolder
+    train: bool
+    test: bool
+    shared: object | None = None  # what the model learned from the machine type's whole dataset
 
 
-def _discover_checked(processed_dir: Path, machines: tuple[str, ...]):
-    from asd.engine.train import discover
+@dataclass
+class MachineResult:
+    """What a task did: threshold rows (trained or read back), predictions (tested), or why it failed."""
 
-    items = discover(processed_dir, list(machines) or None)
-    if machines:
-        missing = sorted(set(machines) - {i.machine for i in items})
+    rows: list[dict] = field(default_factory=list)
+    predictions: pd.DataFrame | None = None
+    resumed: bool = False  # model and thresholds were saved by an earlier run of the same configuration
+    failed: tuple[str, str] | None = None  # (stage, reason)
+    seconds: float = 0.0
+    host: str = ""
+
+
+def run_machine(task: MachineTask) -> MachineResult:
+    """Train (unless already saved with this configuration) and/or test one machine type. Runs wherever the
+    executor puts it; an AsdError becomes the result's `failed`, anything else is a bug and propagates."""
+    from asd.engine.test import score_machine, write_machine_outputs
+    from asd.engine.train import train_machine
+
+    machine, folder, config = task.machine, task.folder, task.config
+    result = MachineResult(host=os.uname().nodename)
+    start = time.perf_counter()
+    stage = "train"
+    try:
+        if task.train:
+            record = folder.read_task(machine.dataset, machine.machine)
+            if record is not None and record.get("config") == config.to_dict():
+                result.rows, result.resumed = record["thresholds"], True
+            else:
+                if machine.train is None:
+                    raise BadState(f"no train.h5 shard (no training clips); put normal clips in "
+                                   f"{machine.machine}/train/ and rerun `{PREP_COMMAND}`")
+                check_shard(machine.train)
+                folder.remove_partial_files(machine.dataset, machine.machine)  # left by a run killed while saving
+                result.rows = train_machine(machine, config, folder, task.shared)
+                folder.write_task(machine.dataset, machine.machine,
+                                  {"config": config.to_dict(), "thresholds": result.rows})
+        stage = "test"
+        if task.test and machine.tests:
+            for path in machine.tests:
+                check_shard(path)
+            predictions, rules = score_machine(machine, config, folder)
+            write_machine_outputs(machine, folder, predictions, rules)
+            result.predictions = predictions.assign(rules=rules)
+    except AsdError as err:
+        result.failed = (stage, str(err))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def discover_checked(config: RunConfig) -> list[MachineData]:
+    """The machine types a run works on; BadInput / BadState before any work when there are none."""
+    machines = discover(config.processed_dir, list(config.machines) or None)
+    note = old_layout_note(config.processed_dir)
+    if config.machines:
+        missing = sorted(set(config.machines) - {m.machine for m in machines})
         if missing:
-            found = sorted({i.machine for i in discover(processed_dir)})
-            raise BadInput(f"--machines: no shards for {', '.join(missing)} under {processed_dir} "
+            found = sorted({m.machine for m in discover(config.processed_dir)})
+            raise BadInput(f"--machines: no shards for {', '.join(missing)} under {config.processed_dir} "
                            f"(found: {', '.join(found) or 'none'})")
-    if not items:
-        raise BadState(f"no shards under {processed_dir}; run `python source/data_prep.py` first")
-    return items
+    if not machines:
+        raise BadState(note or f"no shards under {config.processed_dir}; run `{PREP_COMMAND}` first")
+    if note:
+        click.echo(f"warning: {note}", err=True)
+    return machines
 
 
-def train_config_from_options(options: dict):
-    """The TrainConfig of a `train`/`run` command's options."""
-    from asd.models.base import TrainConfig
+@dataclass
+class _Plan:
+    """One run folder of a command: its configuration (a seed each with --seeds) and what it did."""
 
-    return TrainConfig(epochs=options["epochs"], seed=options["seed"], device=options["device"],
-                       val_fraction=options["val_fraction"], aggregate=options["aggregate"],
-                       threshold_method=options["threshold_method"],
-                       threshold_percentile=options["threshold_percentile"],
-                       max_epochs=options.get("max_epochs"), patience=options.get("patience", 5),
-                       min_delta=options.get("min_delta", 0.005), threads=options.get("threads", 0))
+    config: RunConfig
+    outcome: StageOutcome
+    label: str = ""  # " (seed N)" with several seeds
+    results: dict[str, MachineResult] = field(default_factory=dict)
 
-
-def _parse_model_option(text: str, fields: dict) -> tuple[str, object]:
-    """`FIELD=VALUE` -> (field, value converted to the field's type); BadInput naming what is wrong."""
-    import dataclasses
-    import json
-
-    name, sep, raw = str(text).partition("=")
-    name = name.strip().replace("-", "_")
-    if not sep or name not in fields:
-        raise BadInput(f"--model-option {text!r}: expected FIELD=VALUE with FIELD one of "
-                       f"{', '.join(sorted(fields))}")
-    default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError("expected true or false")
-            return name, raw.lower() in ("true", "1", "yes")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            return name, type(default)(json.loads(raw))
-        if isinstance(default, tuple):
-            return name, tuple(json.loads(f"[{raw}]")) if raw.strip() else ()
-        return name, raw if default is None or isinstance(default, str) else json.loads(raw)
-    except (ValueError, TypeError) as err:
-        raise BadInput(f"--model-option {text!r}: {err}") from None
+    @property
+    def folder(self) -> RunFolder:
+        return self.outcome.folder
 
 
-def model_options_from(options: dict) -> dict:
-    """Model config overrides from the command line: `--members` (ensemble only) and `--model-option`,
-    checked against the model's config before any work."""
-    import dataclasses
+def train_stage(config: RunConfig, folder: RunFolder, executor, *, test: bool,
+                seeds: tuple[int, ...] = (), on_folder: Callable[[RunConfig, RunFolder], None] | None = None
+                ) -> list[StageOutcome]:
+    """Train every machine type found, then (`test`) test it: the `run` and `train` commands. With several
+    `seeds`, one complete run folder per seed (`<run>/seed_<s>/`). `on_folder` is called with each run
+    folder once it is checked (the command line writes its config.yaml there)."""
+    from asd.models.device import resolve_device
 
-    from asd.models.registry import make_detector
+    machines = discover_checked(config)
+    device = resolve_device(config.fit.device)  # BadInput before any work when no GPU is there
+    folder = RunFolder(check_writable_dir(folder.path, "--output-dir"))
+    detector = config.make_detector()
+    plans = []
+    for seed in seeds or (config.fit.seed,):
+        plan_config = config.with_seed(seed)
+        plan_folder = folder.seed_folder(seed) if seeds else folder
+        plan_folder.update_config({"run": plan_config.to_dict(), "applies": list(detector.applicable_fit_settings()),
+                                   "used": {"epochs": config.fit.epochs or getattr(detector.config, "epochs", None),
+                                            "device": str(device)},
+                                   "trained": [], "failed": {}})
+        if on_folder is not None:
+            on_folder(plan_config, plan_folder)
+        hint = (f"the same command with --output-dir {folder} trains only what is missing (models already saved "
+                "with the same settings are kept)")
+        plans.append(_Plan(plan_config, StageOutcome(plan_folder, rerun_hint=hint), f" (seed {seed})" if seeds else ""))
+    click.echo(f"training {config.model} on {len(machines)} machine type(s)"
+               + (f" x {len(plans)} seeds" if seeds else "") + f" -> {folder}")
+    shared = _fit_shared(plans, machines, executor)
+    tasks = [MachineTask(machine, plan.config, plan.folder, train=True, test=test,
+                         shared=shared.get((plan.folder.path, machine.dataset)))
+             for plan in plans for machine in machines]
+    _run_tasks(plans, tasks, executor)
+    for plan in plans:
+        rows = [row for key in sorted(plan.results) for row in plan.results[key].rows]
+        if rows:
+            plan.folder.write_thresholds(rows)
+        plan.folder.update_config({"trained": plan.outcome.done, "failed": plan.outcome.failed})
+        if test:
+            _report(plan, machines)
+    if len(plans) > 1:
+        _report_seeds(folder, plans)
+    return [plan.outcome for plan in plans]
 
-    model = options["model"]
-    members = tuple(options.get("members") or ())
-    if members and model != "ensemble":
-        raise BadInput(f"--members applies to --model ensemble, not --model {model}")
-    overrides: dict = {"members": members} if members else {}
-    if options.get("model_option"):
-        config_class = make_detector(model).config_class
-        fields = {f.name: f for f in dataclasses.fields(config_class)}
-        overrides.update(_parse_model_option(text, fields) for text in options["model_option"])
-    if not overrides:
-        return {}
-    try:
-        make_detector(model, **overrides)
-    except (ValueError, TypeError) as err:
-        flag = "--members" if set(overrides) == {"members"} else "--model-option"
-        raise BadInput(f"{flag}: {err}") from None
-    return overrides
+
+def test_stage(folder: RunFolder, machines: tuple[str, ...] = (), device: str | None = None,
+               executor=None) -> StageOutcome:
+    """Score the test shards of every trained machine type of a run; write official files, metrics and
+    plots: the `test` command."""
+    from asd.models.device import resolve_device
+
+    folder = RunFolder.existing(folder.path)
+    config = RunConfig.from_dict(folder.run_record())
+    config = config.with_device(device) if device else config
+    resolve_device(config.fit.device)
+    check_writable_dir(folder.path, "--run")
+    wanted = list(machines or config.machines) or None
+    found = [m for m in discover(config.processed_dir, wanted) if m.tests]
+    if not found:
+        raise BadState(f"nothing to test in {folder}: no machine type of it has test shards under "
+                       f"{config.processed_dir}")
+    plan = _Plan(config, StageOutcome(folder))
+    trained_failed = folder.read_config().get("failed", {})
+    tasks = []
+    for machine in found:
+        if folder.model_path(machine.dataset, machine.machine).is_file():
+            tasks.append(MachineTask(machine, config, folder, train=False, test=True))
+        else:
+            why = trained_failed.get(machine.key, "not trained in this run")
+            plan.outcome.fail(machine.key, "test", f"no model.pt ({why})")
+    click.echo(f"testing {len(tasks)} machine type(s) from {folder}")
+    _run_tasks([plan], tasks, executor or InProcess())
+    _report(plan, found)
+    return plan.outcome
 
 
-def _fit_shared_checked(items, run_dir: Path, model: str, train, model_options: dict) -> dict:
-    """What `pipeline.fit_shared` trains across machine types, from the shards that pass their checks
-    (a damaged one is reported when its own turn comes)."""
-    from asd.engine.train import fit_shared
-    from asd.run_checks import check_shard
+def _fit_shared(plans: list[_Plan], machines: list[MachineData], executor) -> dict[tuple, object]:
+    """What the model learns from a whole dataset (one task per run folder and dataset), keyed by
+    (run folder, dataset); only for datasets with a machine type still to train. A dataset whose shards do
+    not pass their checks is left out here (each is reported when its own turn comes)."""
+    from asd.engine.train import fit_shared, shared_groups
 
     usable = []
-    for item in items:
+    for machine in machines:
         try:
-            if item.train is not None:
-                check_shard(item.train)
-                usable.append(item)
+            if machine.train is not None:
+                check_shard(machine.train)
+                usable.append(machine)
         except AsdError:
             continue
-    start = time.perf_counter()
-    shared = fit_shared(usable, run_dir, model, train, model_options)
-    for dataset in shared:
+    jobs = []
+    for plan in plans:
+        for dataset, group in shared_groups(usable, plan.config).items():
+            if any(_needs_training(plan, machine) for machine in group):
+                jobs.append((dataset, group, plan.config, plan.folder))
+    shared, start = {}, time.perf_counter()
+    for (dataset, _, _, plan_folder), networks in executor.map(fit_shared, jobs, label="shared network"):
+        shared[(plan_folder.path, dataset)] = networks
         click.echo(f"  {dataset}: one network for its machine types in {time.perf_counter() - start:.1f} s "
-                   f"(log: {run_dir / dataset / 'shared_train.log'})")
+                   f"(log: {plan_folder.shared_train_log(dataset)})")
     return shared
 
 
-def train_stage(options: dict, command: str) -> StageOutcome:
-    """Train every machine type found (options as the `train` command takes them)."""
-    import pandas as pd
+def _needs_training(plan: _Plan, machine: MachineData) -> bool:
+    record = plan.folder.read_task(machine.dataset, machine.machine)
+    return record is None or record.get("config") != plan.config.to_dict()
 
-    from asd.engine.train import machine_dir, train_config_record, train_machine, write_config
-    from asd.models.base import resolve_device
-    from asd.models.registry import make_detector
-    from asd.run_checks import check_shard, remove_partial_files
 
-    model, epochs = options["model"], options["epochs"]
-    model_options = model_options_from(options)  # before anything else: a wrong field costs nothing
-    items = _discover_checked(options["processed_dir"], options["machines"])
-    device = resolve_device(options["device"])  # BadInput before any work when no GPU is there
-    run_dir = check_writable_dir(options["output_dir"] or new_run_dir(model), "--output-dir")
-    train = train_config_from_options(options)
-    used_epochs = epochs or getattr(make_detector(model, **model_options).config, "epochs", None)
-    write_config(run_dir, {**train_config_record(train, model, options["processed_dir"], model_options),
-                           "machines": list(options["machines"]), "failed": {},
-                           "used": {"epochs": used_epochs, "device": str(device)}})
-    write_effective_config(run_dir / "config.yaml", options, f"python source/main.py {command}",
-                           left_out={"output_dir": "a repeat writes a new run folder; add --output-dir to "
-                                                   "choose one"})
-    click.echo(f"training {model} on {len(items)} machine type(s) -> {run_dir}")
-    outcome, rows = StageOutcome(run_dir), []
-    shared = _fit_shared_checked(items, run_dir, model, train, model_options)
-    for item in items:
-        if item.train is None:
-            outcome.fail(item.key, "train", f"no train.h5 shard (no training clips); put normal clips in "
-                                            f"{item.machine}/train/ and rerun `python source/data_prep.py`")
+def _run_tasks(plans: list[_Plan], tasks: list[MachineTask], executor) -> None:
+    """Run the tasks; record each result in its plan and print one line per machine type as it ends."""
+    by_folder = {plan.folder.path: plan for plan in plans}
+    for (task,), result in executor.map(run_machine, [(task,) for task in tasks], label="machine type"):
+        plan = by_folder[task.folder.path]
+        key = task.machine.key
+        plan.results[key] = result
+        if result.failed is not None:
+            plan.outcome.fail(key, *result.failed, label=plan.label)
             continue
-        start = time.perf_counter()
-        try:
-            check_shard(item.train)
-            remove_partial_files(machine_dir(run_dir, item))  # left by a run killed while saving
-            machine_rows = train_machine(item, run_dir, model, train, model_options, shared.get(item.dataset))
-        except AsdError as err:
-            outcome.fail(item.key, "train", err)
-            continue
-        rows += machine_rows
-        outcome.done.append(item.key)
-        pooled = machine_rows[-1]
-        click.echo(f"  {item.key:<40} {time.perf_counter() - start:6.1f} s   threshold {pooled['threshold']:.4g}"
-                   f"  false alarms on held-out normals {pooled['false_alarm_rate']:.1%} (cross-fitted)")
-    if rows:
-        pd.DataFrame(rows).to_csv(run_dir / "thresholds.csv", index=False)
-    write_config(run_dir, {"trained": outcome.done, "failed": outcome.failed})
-    return outcome
+        plan.outcome.done.append(key)
+        where = f" on {result.host}" if getattr(executor, "remote", False) else ""
+        resumed = " (model already saved)" if result.resumed else ""
+        line = f"  {key + plan.label:<40} {result.seconds:6.1f} s{where}{resumed}"
+        if result.rows:
+            pooled = result.rows[-1]
+            line += (f"   threshold {pooled['threshold']:.4g}  false alarms on held-out normals "
+                     f"{pooled['false_alarm_rate']:.1%} (cross-fitted)")
+        click.echo(line)
+    for plan in plans:
+        plan.outcome.done.sort()
 
 
-def test_stage(run_dir: Path, machines: tuple[str, ...] = (), device: str | None = None,
-               outcome: StageOutcome | None = None) -> StageOutcome:
-    """Score the test shards of every trained machine type; write official files, metrics and plots."""
-    import pandas as pd
+def _report(plan: _Plan, machines: list[MachineData]) -> None:
+    """predictions.csv, per dataset summary.csv and official_score.csv, summary.txt and report.html, from
+    the predictions the tasks returned."""
+    from asd.evaluation.submission import write_summary
+    from asd.reports.run_page import write_run_report
+    from asd.reports.summary import run_summary
 
-    from asd.engine.train import discover, machine_dir, test_machine, write_machine_outputs
-    from asd.models.base import TrainConfig, resolve_device
-    from asd.reports.summary import report_run
-    from asd.run_checks import check_shard
-
-    outcome = outcome or StageOutcome(Path(run_dir))
-    if not (run_dir / "config.json").is_file():
-        raise BadState(f"{run_dir} is not a run folder (no config.json); make one with "
-                       "`python source/main.py train`")
-    config = json.loads((run_dir / "config.json").read_text())
-    train = TrainConfig(**{**config["train"], **({"device": device} if device else {})})
-    resolve_device(train.device)
-    check_writable_dir(run_dir, "--run")
-    machines = machines or tuple(config.get("machines", ()))
-    trained_failed = config.get("failed", {})
-    items = [i for i in discover(Path(config["processed_dir"]), list(machines) or None) if i.tests]
-    if not items:
-        raise BadState(f"nothing to test in {run_dir}: no machine type of it has test shards under "
-                       f"{config['processed_dir']}")
-    click.echo(f"testing {len(items)} machine type(s) from {run_dir}")
-    all_predictions = []
-    for item in items:
-        if not (machine_dir(run_dir, item) / "model.pt").is_file():
-            if item.key not in outcome.failed:  # not already reported by the train stage of this command
-                why = trained_failed.get(item.key, "not trained in this run")
-                outcome.fail(item.key, "test", f"no model.pt ({why})")
-            continue
-        try:
-            for path in item.tests:
-                check_shard(path)
-            predictions, rules = test_machine(item, run_dir, train)
-        except AsdError as err:
-            outcome.fail(item.key, "test", err)
-            continue
-        write_machine_outputs(item, run_dir, predictions, rules)
-        all_predictions.append(predictions.assign(rules=rules))
-        if item.key not in outcome.done:
-            outcome.done.append(item.key)
-    if all_predictions:
-        click.echo(report_run(run_dir, pd.concat(all_predictions, ignore_index=True)))
-        outcome.reported = True
-        from asd.reports.run_page import write_run_report
-
-        click.echo(f"report: {write_run_report(run_dir)}  (open it in a browser)")
-    return outcome
-
-
-def finish(outcome: StageOutcome) -> None:
-    """Print what failed (also appended to summary.txt) and exit 1 if anything did."""
-    if not outcome.failed:
+    frames = [plan.results[m.key].predictions for m in machines
+              if m.key in plan.results and plan.results[m.key].predictions is not None]
+    if not frames:
+        if not any(m.tests for m in machines):
+            raise BadState(f"nothing to test in {plan.folder}: no machine type of it has test shards under "
+                           f"{plan.config.processed_dir}")
         return
-    lines = [f"FAILED: {len(outcome.failed)} machine type(s); done: {len(outcome.done)}"
-             f" ({', '.join(outcome.done) or 'none'})"]
-    lines += [f"  {key}: {why}" for key, why in outcome.failed.items()]
-    text = "\n".join(lines)
-    click.echo("\n" + text)
-    summary = outcome.run_dir / "summary.txt"
-    if outcome.reported and summary.is_file():
-        with open(summary, "a") as file:
-            file.write("\n" + text + "\n")
+    predictions = pd.concat(frames, ignore_index=True)
+    folder = plan.folder
+    folder.write_predictions(predictions)
+    scores = {(dataset, rules): write_summary(part, folder.summary_csv(dataset), folder.official_score_csv(dataset),
+                                              rules)
+              for (dataset, rules), part in predictions.groupby(["dataset", "rules"], sort=True)}
+    text = run_summary(folder, predictions, scores)
+    folder.write_summary_text(text)
+    click.echo(text)
+    plan.outcome.reported = True
+    click.echo(f"report: {write_run_report(folder)}  (open it in a browser)")
+
+
+def _report_seeds(folder: RunFolder, plans: list[_Plan]) -> None:
+    """seeds.csv (the official score of every seed's run) and the mean ± sd over the seeds."""
+    from asd.reports.summary import run_scores
+
+    rows = []
+    for plan in plans:
+        scores = run_scores(plan.folder.path)
+        for row in scores[scores["metric"] == "official score"].itertuples(index=False):
+            rows.append({"seed": plan.config.fit.seed, "dataset": row.dataset, "official score": row.value,
+                         "run": plan.folder.path.name})
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    table.to_csv(folder.seeds_csv, index=False)
+    for dataset, part in table.groupby("dataset", sort=True):
+        values = part["official score"].tolist()
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        click.echo(f"official score of {dataset} over seeds {', '.join(map(str, part['seed']))}: "
+                   f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± sd; each seed's run in its seed_<s>/)")
+
+
+def finish(outcomes: list[StageOutcome]) -> None:
+    """Print what failed (also appended to summary.txt) and exit 1 if anything did."""
+    failed = [outcome for outcome in outcomes if outcome.failed]
+    if not failed:
+        return
+    for outcome in failed:
+        lines = [f"FAILED: {len(outcome.failed)} machine type(s); done: {len(outcome.done)}"
+                 f" ({', '.join(outcome.done) or 'none'})"]
+        lines += [f"  {key}: {why}" for key, why in outcome.failed.items()]
+        if outcome.rerun_hint:
+            lines.append(f"  once mended, {outcome.rerun_hint}")
+        text = "\n".join(lines)
+        click.echo("\n" + text)
+        if outcome.reported:
+            outcome.folder.append_summary_text(text)
     raise SystemExit(1)
