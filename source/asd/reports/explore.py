@@ -20,11 +20,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from asd.cache.clips import ClipData, iter_raw_clips, iter_shard_clips
+from asd.cache.store import SUMMARY_NAME
+from asd.cache.store import summary_path as prep_summary_path
+from asd.errors import MAIN_COMMAND, PREP_COMMAND, BadInput
 from asd.reports.explore_stats import RMS_BINS, DatasetStats, Distances
 from asd.reports.html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
 
 
-class ExploreError(ValueError):
+class ExploreError(BadInput):
     """Nothing to explore, or options that cannot work."""
 
 
@@ -65,13 +68,11 @@ def find_units(config: ExploreConfig) -> tuple[list[Unit], list[tuple[str, str]]
             name = Path(config.raw_dir).resolve().name if dataset == "." else dataset
             units.append(Unit(name, machine, split, manifest=part))
         return units, [(s.path, s.reason) for s in skipped]
-    from asd.cache.shard import find_shards
+    from asd.cache.store import discover
 
-    root = Path(config.processed_dir)
-    units = []
-    for path in find_shards(root, machines):
-        dataset = path.parent.parent.relative_to(root).as_posix()
-        units.append(Unit(root.resolve().name if dataset == "." else dataset, path.parent.name, path.stem, path))
+    units = [Unit(found.dataset, found.machine, path.stem, path)
+             for found in discover(config.processed_dir, machines)
+             for path in ([found.train] if found.train is not None else []) + list(found.tests)]
     return units, []
 
 
@@ -160,8 +161,8 @@ def _prep_notes(config: ExploreConfig, dataset: str, scan_skipped: list[tuple[st
     summary_path = None
     if config.processed_dir is not None:
         root = Path(config.processed_dir)
-        summary_path = next((p for p in (root / "data_prep_summary.json", root.parent / "data_prep_summary.json")
-                             if p.is_file()), None)
+        summary_path = next((p for p in (prep_summary_path(root), prep_summary_path(root.parent)) if p.is_file()),
+                            None)
     skipped = list(scan_skipped)
     if summary_path is not None:
         record = json.loads(summary_path.read_text())
@@ -173,7 +174,7 @@ def _prep_notes(config: ExploreConfig, dataset: str, scan_skipped: list[tuple[st
             parts.append(table(pd.DataFrame(sorted(record["notes"].items()), columns=["note", "clips"])))
         skipped += [(f["path"], f["reason"]) for f in record.get("files_skipped", [])]
     elif config.processed_dir is not None:
-        parts.append('<p class="note">No data_prep_summary.json beside the shards.</p>')
+        parts.append(f'<p class="note">No {SUMMARY_NAME} beside the shards.</p>')
     mine = [(p, r) for p, r in skipped if p.startswith(f"{dataset}/") or f"/{dataset}/" in p]
     parts.append(f"<h3>Files skipped ({len(mine)})</h3>")
     if mine:
@@ -226,7 +227,7 @@ def explore_dataset(config: ExploreConfig, dataset: str, units: list[Unit],
     source = config.raw_dir if config.raw_dir is not None else config.processed_dir
     intro = (f"<p>{stats.n_clips} clips read from <code>{esc(source)}</code> "
              f"({'wav files' if config.raw_dir is not None else 'HDF5 shards'}). Made by "
-             f"<code>python source/main.py explore</code>. Embedded media: {budget.used / 2**20:.1f} MB"
+             f"<code>{esc(MAIN_COMMAND)} explore</code>. Embedded media: {budget.used / 2**20:.1f} MB"
              + (f"; {budget.refused} audio clip(s) left out to stay under {config.max_page_mb:g} MB"
                 if budget.refused else "") + ".</p>")
     name = dataset.replace("/", "_")
@@ -320,7 +321,8 @@ def explore(config: ExploreConfig, echo: Callable[[str], None] = print) -> list[
     units, scan_skipped = find_units(config)
     if not units:
         where = config.raw_dir if config.raw_dir is not None else config.processed_dir
-        what = "wav files in a DCASE layout" if config.raw_dir is not None else "shards (run data_prep first)"
+        what = "wav files in a DCASE layout" if config.raw_dir is not None else \
+            f"shards (run `{PREP_COMMAND}` first)"
         machines = f" for machine types {', '.join(config.machines)}" if config.machines else ""
         raise ExploreError(f"nothing to explore under {where}{machines}: no {what}")
     by_dataset: dict[str, list[Unit]] = defaultdict(list)

@@ -1,5 +1,5 @@
-"""What a finished run prints and leaves behind as tables: per dataset the official numbers, and a
-side-by-side comparison of several runs."""
+"""What a finished run prints (per dataset the official numbers and the false-alarm rates), and a
+side-by-side comparison of several runs. Formatting only: the tables are read through `RunFolder`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd.evaluation.metrics import metrics_table
-from asd.evaluation.submission import write_predictions_table, write_summary
+from asd.errors import MAIN_COMMAND
+from asd.evaluation.metrics import metrics_table, rules_label
+from asd.run_folder import RunFolder
 
 _SHOWN = {
     "dcase2022": ["AUC (source)", "AUC (target)", "pAUC", "F1 score (source)", "F1 score (target)"],
@@ -22,26 +23,27 @@ def _fmt(value: float) -> str:
     return "   n/a" if not np.isfinite(value) else f"{value:6.3f}"
 
 
-def report_run(run_dir: Path, predictions: pd.DataFrame) -> str:
-    """Write predictions.csv, per-dataset summary.csv / official_score.csv and summary.txt; return the text."""
-    run_dir = Path(run_dir)
-    write_predictions_table(predictions, run_dir / "predictions.csv")
-    thresholds = pd.read_csv(run_dir / "thresholds.csv") if (run_dir / "thresholds.csv").exists() else None
+def run_summary(folder: RunFolder, predictions: pd.DataFrame, scores: dict[tuple[str, str], dict[str, float]]
+                ) -> str:
+    """The text a test stage prints and keeps as summary.txt: per dataset (and rule set) the metrics of each
+    machine type and section, the official score, and the false-alarm rates of the thresholds.
+    `predictions` carry a `rules` column; `scores` are the official numbers per (dataset, rules)."""
+    thresholds = folder.read_thresholds()
     lines = []
     for (dataset, rules), part in predictions.groupby(["dataset", "rules"], sort=True):
-        scores = write_summary(part, run_dir / dataset, rules)
         table = metrics_table(part, rules)
         columns = _SHOWN[rules]
-        lines += ["", f"dataset {dataset}  ({rules} rules, {len(part)} test clips)",
+        lines += ["", f"dataset {dataset}  ({rules_label(rules)}, {len(part)} test clips)",
                   f"  {'machine':<20}{'section':>8}  " + "  ".join(f"{c:>17}" for c in columns)]
         for row in table.itertuples(index=False):
             values = [row[table.columns.get_loc(c)] for c in columns]
             lines.append(f"  {row.machine:<20}{row.section:>8}  "
                          + "  ".join(f"{_fmt(float(v)):>17}" for v in values))
-        official = scores.get("official score", float("nan"))
+        official = scores[(dataset, rules)].get("official score", float("nan"))
         if np.isfinite(official):
-            lines.append(f"  official score ({rules}): {official:.4f}   "
-                         f"({int(scores['n_values'])} values, {int(scores['n_missing'])} undefined)")
+            lines.append(f"  official score ({rules_label(rules)}): {official:.4f}   "
+                         f"({int(scores[(dataset, rules)]['n_values'])} values, "
+                         f"{int(scores[(dataset, rules)]['n_missing'])} undefined)")
         else:
             why = ("test labels unknown" if (part["label"] == "unknown").all()
                    else "no section has both normal and anomalous test clips")
@@ -52,20 +54,18 @@ def report_run(run_dir: Path, predictions: pd.DataFrame) -> str:
                 lines.append(f"  {row.machine}: false-alarm rate on held-out normal clips {row.false_alarm_rate:.1%} "
                              f"(n={row.n_normal_clips}, cross-fitted: threshold fitted on one half, counted "
                              f"on the other; aim {100 - row.percentile:.0f}%)")
-    written = [name for name in ("predictions.csv", "thresholds.csv") if (run_dir / name).is_file()]
-    lines += ["", f"outputs in {run_dir}: {', '.join(written)}, <dataset>/summary.csv, "  # claims only what exists
+    written = [path.name for path in (folder.predictions_csv, folder.thresholds_csv) if path.is_file()]
+    lines += ["", f"outputs in {folder}: {', '.join(written)}, <dataset>/summary.csv, "  # claims only what exists
                   "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png}"]
-    text = "\n".join(lines).lstrip("\n")
-    (run_dir / "summary.txt").write_text(text + "\n")
-    return text
+    return "\n".join(lines).lstrip("\n")
 
 
-def run_scores(run_dir: Path) -> pd.DataFrame:
+def run_scores(run: str | Path) -> pd.DataFrame:
     """Official numbers of one run: one row per (dataset, metric)."""
+    folder = RunFolder(run)
     rows = []
-    for path in sorted(Path(run_dir).rglob("official_score.csv")):
-        table = pd.read_csv(path)
-        dataset = path.parent.relative_to(run_dir).as_posix()
+    for dataset in folder.datasets():
+        table = pd.read_csv(folder.official_score_csv(dataset))
         for metric, value in zip(table["metric"], table["value"], strict=True):
             if metric != "rules":
                 rows.append({"dataset": dataset, "metric": metric, "value": float(value)})
@@ -76,7 +76,7 @@ def compare_runs(runs: list[Path]) -> str:
     """Per machine x section metrics and the official score, one column block per run."""
     merged = comparison_frame(runs)
     if merged is None:
-        return "no evaluated runs found (run `python source/main.py test --run RUN` first)"
+        return f"no evaluated runs found (run `{MAIN_COMMAND} test --run RUN` first)"
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format",
                            "{:.4f}".format):
         return merged.to_string(na_rep="")
@@ -86,16 +86,16 @@ def comparison_frame(runs: list[Path]) -> pd.DataFrame | None:
     """The table of `compare_runs` (None when no run was evaluated)."""
     blocks = []
     for run in runs:
-        label = Path(run).name
-        for summary in sorted(Path(run).rglob("summary.csv")):
-            table = pd.read_csv(summary, dtype={"section": str})
-            dataset = summary.parent.relative_to(run).as_posix()
+        folder = RunFolder(run)
+        label = folder.path.name
+        for dataset in folder.datasets():
+            table = pd.read_csv(folder.summary_csv(dataset), dtype={"section": str})
             keep = [c for c in ("AUC (source)", "AUC (target)", "pAUC", "AUC") if c in table.columns]
             part = table[["machine", "section", *keep]].assign(dataset=dataset)
             part = part.set_index(["dataset", "machine", "section"])
             part.columns = pd.MultiIndex.from_product([[label], part.columns])
             blocks.append(part)
-        scores = run_scores(Path(run))
+        scores = run_scores(run)
         official = scores[scores["metric"] == "official score"]
         for row in official.itertuples(index=False):
             blocks.append(pd.DataFrame({(label, "official score"): [row.value]},
