@@ -8,12 +8,9 @@ that make a run folder write the configuration they actually used there as `conf
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
-
-from asd.errors import BadInput
 
 
 def _key(name: str) -> str:
@@ -65,8 +62,8 @@ def _plain(value):
     return value
 
 
-def write_effective_config(path: Path, options: dict, command: str, left_out: dict[str, str] | None = None) -> Path:
-    """Write the options a command actually ran with as YAML (loadable with `--config`).
+def effective_config_text(options: dict, command: str, path: Path, left_out: dict[str, str] | None = None) -> str:
+    """The options a command actually ran with, as YAML that `--config` loads back (from `path`).
 
     `left_out` maps option names not written to the reason, which becomes a comment (e.g. the run folder
     itself, so that a repeat writes a new one).
@@ -77,12 +74,4 @@ def write_effective_config(path: Path, options: dict, command: str, left_out: di
     record = {k: _plain(v) for k, v in options.items() if k not in left_out}
     lines = [f"# Effective configuration of `{command}`; repeat with `--config {path}`.",
              *(f"# {k}: {_plain(options.get(k))!s}  -- not written: {why}" for k, why in left_out.items())]
-    text = "\n".join(lines) + "\n" + yaml.safe_dump(record, sort_keys=False, default_flow_style=False)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # two runs never share it
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as err:
-        raise BadInput(f"cannot write {path}: {err.strerror or err}") from None
-    return path
+    return "\n".join(lines) + "\n" + yaml.safe_dump(record, sort_keys=False, default_flow_style=False)

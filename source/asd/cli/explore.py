@@ -1,13 +1,13 @@
-"""`python source/main.py explore`: the dataset pages (see `asd.reports.explore`)."""
+"""`asd explore`: the dataset pages (see `asd.reports.explore`)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+from asd.cli.options import COMMA_LIST, CONTEXT, fail_cleanly
+from asd.errors import PREP_COMMAND
 
 
 @click.command("explore", context_settings=CONTEXT)
@@ -15,7 +15,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
               help="Shards written by data_prep [default: data/processed].")
 @click.option("--raw-dir", default=None, type=click.Path(path_type=Path),
               help="Read wav files instead (a dataset not prepped yet); excludes --processed-dir.")
-@click.option("--machines", default="", help="Comma-separated machine types (default: all).")
+@click.option("--machines", type=COMMA_LIST, default="", show_default=False,
+              help="Comma-separated machine types (default: all).")
 @click.option("--out", "out_dir", default="output/explore", type=click.Path(path_type=Path),
               help="Folder for the pages: <out>/<dataset>.html.")
 @click.option("--examples", default=1, type=click.IntRange(0, 20),
@@ -26,26 +27,23 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
               help="Training clips per machine type shown as least like their group.")
 @click.option("--max-page-mb", default=5.0, type=click.FloatRange(0.5, 500.0),
               help="Size a page aims at: audio stops being embedded at 75% of it.")
-def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: str, out_dir: Path,
+@fail_cleanly
+def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: tuple[str, ...], out_dir: Path,
                     examples: int, audio_seconds: float, least_typical: int, max_page_mb: float) -> None:
     """One self-contained HTML page per dataset: counts, levels, spectra, example clips, odd clips, notes."""
-    from asd.reports.explore import ExploreConfig, ExploreError, explore
+    from asd.reports.explore import ExploreConfig, explore
 
     if processed_dir is not None and raw_dir is not None:
         raise click.UsageError("give --processed-dir or --raw-dir, not both")
     source = raw_dir if raw_dir is not None else (processed_dir or Path("data/processed"))
     if not source.is_dir():
-        hint = "" if raw_dir is not None else "; run `python source/data_prep.py` first"
+        hint = "" if raw_dir is not None else f"; run `{PREP_COMMAND}` first"
         raise click.BadParameter(f"{source} is not a folder{hint}",
                                  param_hint="--raw-dir" if raw_dir is not None else "--processed-dir")
     if out_dir.exists() and not out_dir.is_dir():
         raise click.BadParameter(f"{out_dir} exists and is not a folder", param_hint="--out")
     config = ExploreConfig(processed_dir=None if raw_dir is not None else source, raw_dir=raw_dir,
-                           machines=tuple(m for m in machines.split(",") if m), out_dir=out_dir,
+                           machines=machines, out_dir=out_dir,
                            examples=examples, audio_seconds=audio_seconds, least_typical=least_typical,
                            max_page_mb=max_page_mb)
-    try:
-        explore(config, echo=click.echo)
-    except ExploreError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+    explore(config, echo=click.echo)

@@ -1,40 +1,36 @@
-"""Option types and checks shared by every command; imports nothing heavy, so `--help` stays fast.
+"""Option types, checks and the error policy shared by every command; imports nothing heavy (the model
+names and reducers come from the registry, a plain table), so `--help` stays fast.
 
 Every option is checked by click before a command does any work: ranges, choices, the device name, and
-(`check_writable_dir`, `check_out_file`) the places a command will write to.
+(`asd.folders.check_writable_dir`, `check_out_file`) the places a command will write to.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from pathlib import Path
 
 import click
 
-from asd.errors import BadInput
+from asd.errors import AsdError, BadInput
 
-
-def _registry_model_names() -> tuple[str, ...]:
-    """The keys of asd.models.registry.MODELS, read from its source: importing it would import torch, and
-    `--help` must not. The registry stays the one list of models (a new entry shows up here by itself)."""
-    import ast
-
-    tree = ast.parse((Path(__file__).parent.parent / "models" / "registry.py").read_text())
-    for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else \
-            (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
-        if isinstance(target, ast.Name) and target.id == "MODELS":
-            return tuple(ast.literal_eval(node.value))
-    raise RuntimeError("asd/models/registry.py defines no literal MODELS dict")  # a bug: keeps its traceback
-
-
-MODEL_NAMES = _registry_model_names()
-# Kept literal so that `--help` needs no torch; tests/reliability/test_cli_faults.py checks it against
-# asd.models.base.REDUCERS.
-REDUCERS = ("mean", "max", "median", "p90")
-THRESHOLD_METHODS = ("gamma", "percentile")
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def fail_cleanly(func):
+    """The one error policy of the command line: the project's own errors (AsdError) become one line on
+    stderr and exit status 2; any other exception is a bug and keeps its traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except AsdError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+    return wrapper
 
 
 class CommaList(click.ParamType):
@@ -95,25 +91,6 @@ EPOCHS = click.IntRange(min=1)
 POSITIVE = click.FloatRange(min=0, min_open=True)
 VAL_FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 PERCENTILE = click.FloatRange(min=0, max=100, min_open=True, max_open=True)
-
-
-def check_writable_dir(path: Path, option: str) -> Path:
-    """Make sure `path` is (or can become) a folder this process can write into; BadInput otherwise.
-
-    Checked by writing and removing a probe file, which also catches read-only mounts and the root user
-    on read-only file systems, where permission bits alone say nothing.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"{option} {path} is a file, not a folder; give a folder path")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".asd-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise BadInput(f"{option} {path} is not writable ({err.strerror or err}); choose another folder") from None
-    return path
 
 
 def check_out_file(path: Path, option: str) -> Path:

@@ -8,14 +8,14 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-import sys
+from contextlib import nullcontext
 
 import click
 
 from asd.cache.features import CHANNEL_POLICIES, TAIL_POLICIES, FeatureConfig
-from asd.cli.config_file import config_option
-from asd.cli.options import COMMA_LIST
-from asd.errors import AsdError
+from asd.cli.config_file import config_option, effective_config_text
+from asd.cli.options import COMMA_LIST, CONTEXT, fail_cleanly
+from asd.errors import MAIN_COMMAND, PREP_COMMAND
 
 POSITIVE_SECONDS = click.FloatRange(min=0.0, min_open=True, max=600.0)
 
@@ -50,7 +50,7 @@ def feature_config(segment_seconds: float, hop_seconds: float, tail: str, channe
         raise click.UsageError(f"impossible feature settings: {err}") from err
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(context_settings=CONTEXT)
 @click.option("--raw-dir", default="data/raw", type=click.Path(exists=True, file_okay=False),
               help="Root holding <dataset>/<machine>/{train,test}/*.wav.")
 @click.option("--out-dir", default="data/processed", type=click.Path(),
@@ -75,42 +75,34 @@ def feature_config(segment_seconds: float, hop_seconds: float, tail: str, channe
               help="Build shards as Dask tasks: local[:N] worker processes, or a scheduler address "
                    "(the workers must see --raw-dir and --out-dir).")
 @config_option
+@fail_cleanly
 def prep_command(raw_dir: str, out_dir: str, jobs: int, machines: tuple[str, ...], segment_seconds: float,
                  hop_seconds: float, tail: str, channel: str, n_mels: int, n_fft: int, hop_length: int,
                  force: bool, quiet: bool, scheduler: str | None = None) -> None:
     """Cut every clip into segments and cache waveform + log-mel in one HDF5 shard per
     dataset x machine type x split. A second run with the same settings does no work."""
     features = feature_config(segment_seconds, hop_seconds, tail, channel, n_mels, n_fft, hop_length)
-    from asd.cache.build import PrepConfig, run_prep  # after the checks: a bad option costs no torch import
+    executor = None
+    if scheduler:  # one Dask task per shard, each through the same build_shard
+        from asd.engine.distributed import DaskExecutor
+
+        executor = DaskExecutor(scheduler, log=click.echo)  # the address is checked here, before any work
+    from asd.cache.build import PrepConfig, run_prep  # after the checks: a bad option costs no heavy import
+    from asd.cache.store import prep_config_path
+    from asd.folders import write_atomically
 
     cfg = PrepConfig(raw_dir=raw_dir, out_dir=out_dir, jobs=jobs, force=force, features=features,
                      machines=tuple(machines))
-    try:
-        if scheduler:  # asd.engine.distributed (branch `dist`): one Dask task per shard, each through build_shard
-            from asd.engine.distributed import TaskFailures, check_scheduler, run_prep_distributed
-
-            try:
-                summary = run_prep_distributed(cfg, check_scheduler(scheduler), log=click.echo)
-            except TaskFailures as err:
-                click.echo(f"error: {err}", err=True)
-                sys.exit(1)
-        else:
-            summary = run_prep(cfg, show_progress=not quiet)
-    except AsdError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+    with executor or nullcontext():
+        summary = run_prep(cfg, show_progress=not quiet, executor=executor)
     for line in summary.lines():
         click.echo(line)
-    from pathlib import Path
-
-    from asd.cli.config_file import write_effective_config
-
-    write_effective_config(Path(out_dir) / "data_prep_config.yaml", click.get_current_context().params,
-                           "python source/data_prep.py")
+    path = prep_config_path(out_dir)
+    write_atomically(path, effective_config_text(click.get_current_context().params, PREP_COMMAND, path))
     if summary.shards_failed:
         first = summary.shards_failed[0]
         click.echo(f"error: {len(summary.shards_failed)} shard(s) not written ({first.path}: {first.reason}"
                    f"{'; see above' if len(summary.shards_failed) > 1 else ''}); every shard written is complete",
                    err=True)
-        sys.exit(1)
-    click.echo(f"shards in {out_dir}; look inside with `python source/main.py inspect SHARD.h5`")
+        raise SystemExit(1)
+    click.echo(f"shards in {out_dir}; look inside with `{MAIN_COMMAND} inspect SHARD.h5`")

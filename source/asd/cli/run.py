@@ -1,36 +1,34 @@
-"""`python source/main.py [run|train|test|summarize|score]`: the pipeline stages on the command line.
+"""`asd run|train|test|summarize|score` (= `python source/main.py ...`): the stages on the command line.
 
-Only the project's own errors (asd.errors.AsdError) become a one-line message with exit status 2; any
-other exception is a bug and keeps its traceback. A stage that finishes with some machine types failed
-exits 1 after saying which. Nothing heavy is imported at module level, so `--help` stays fast.
+Each command builds the run configuration once (`asd.engine.config.RunConfig`), hands it to the engine,
+and says what happened. Only the project's own errors (asd.errors.AsdError) become a one-line message with
+exit status 2; any other exception is a bug and keeps its traceback. A stage that finishes with some
+machine types failed exits 1 after saying which. Nothing heavy is imported at module level, so `--help`
+stays fast.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
-from datetime import datetime
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
-from asd.cli.config_file import config_option
+from asd.cli.config_file import config_option, effective_config_text
 from asd.cli.options import (
     COMMA_LIST,
     CONTEXT,
     DEVICE,
     EPOCHS,
-    MODEL_NAMES,
     PERCENTILE,
-    REDUCERS,
     SEED,
-    THRESHOLD_METHODS,
     VAL_FRACTION,
     check_out_file,
+    fail_cleanly,
 )
-from asd.errors import AsdError
-
-DEFAULT_MODEL = "gmm"  # best on the real recordings in bench/bench_quality.py (README, Quality)
+from asd.errors import MAIN_COMMAND, BadInput
+from asd.evaluation.thresholds import METHODS as THRESHOLD_METHODS
+from asd.models.registry import DEFAULT_MODEL, DEFAULT_THREADS, MODELS, REDUCERS
 
 
 def training_options(func):
@@ -40,7 +38,7 @@ def training_options(func):
                      help="Shards written by data_prep."),
         click.option("--output-dir", default=None, type=click.Path(path_type=Path),
                      help="Run folder (default: a new output/<time>_<model>/)."),
-        click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL),
+        click.option("--model", type=click.Choice(tuple(MODELS)), default=DEFAULT_MODEL),
         click.option("--machines", type=COMMA_LIST, default="", show_default=False,
                      help="Comma-separated machine types (default: all)."),
         click.option("--members", type=COMMA_LIST, default="", show_default=False,
@@ -58,9 +56,9 @@ def training_options(func):
                      help="Relative improvement of the held-out loss that counts, in [0, 1)."),
         click.option("--seed", default=0, type=SEED, help="Random seed, >= 0 (same seed, same scores)."),
         click.option("--device", default="auto", type=DEVICE, help="auto | cpu | cuda | cuda:N"),
-        click.option("--threads", default=0, type=click.IntRange(min=0),
-                     help="torch threads for training (0 = every core; 1 is faster on a machine busy with "
-                          "other work)."),
+        click.option("--threads", default=DEFAULT_THREADS, type=click.IntRange(min=0),
+                     help="torch threads per training process (0 = every core; more threads than free cores "
+                          "slow training down several times on a busy machine)."),
         click.option("--val-fraction", default=0.1, type=VAL_FRACTION,
                      help="Share of normal training clips held out (by clip) to fit thresholds, in [0, 1)."),
         click.option("--aggregate", type=click.Choice(REDUCERS), default="mean",
@@ -74,32 +72,68 @@ def training_options(func):
     return config_option(func)
 
 
-def fail_cleanly(func):
-    """The project's own errors (AsdError) become one line on stderr and exit status 2; others propagate."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except AsdError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
-    return wrapper
+def execution_options(func):
+    """How `run` is executed: where the tasks run, and how many seeds."""
+    func = click.option("--seeds", default="",
+                        help="Comma-separated seeds: one complete run folder each (<run>/seed_<s>/), and the "
+                             "official score's mean ± sd over them.")(func)
+    return click.option("--scheduler", default=None,
+                        help="Run machine types as Dask tasks: local[:N] worker processes, or a scheduler "
+                             "address.")(func)
 
 
-_fail_cleanly = fail_cleanly  # the older name
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise BadInput(f"--seeds {text!r}: expected whole numbers >= 0, e.g. 0,1,2") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise BadInput(f"--seeds {text!r}: expected distinct whole numbers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def train_and_maybe_test(options: dict, command: str, test: bool) -> None:
+    """`run` (test=True) and `train`: the configuration built once, then the engine's train stage, in this
+    process or as Dask tasks."""
+    from asd.engine.config import RunConfig
+    from asd.engine.stages import InProcess, finish, train_stage
+    from asd.run_folder import RunFolder, new_run_path
+
+    scheduler, seeds_text = options.get("scheduler"), options.get("seeds", "")
+    seeds = _seed_list(seeds_text)
+    executor = None
+    if scheduler:
+        from asd.engine.distributed import DaskExecutor
+
+        executor = DaskExecutor(scheduler, log=click.echo)  # the address is checked here, before any work
+    config = RunConfig.from_options(options)  # the model's own settings are checked here too
+    folder = RunFolder(options["output_dir"] or new_run_path(config.model))
+    left_out = {"output_dir": "a repeat writes a new run folder; add --output-dir to choose one"}
+    left_out |= {k: why for k, why in (("scheduler", "how the tasks ran, not what they computed"),
+                                        ("seeds", "each seed's run folder has its own seed"))
+                 if options.get(k)}
+
+    def write_config_yaml(plan_config: RunConfig, plan_folder: RunFolder) -> None:
+        shown = {k: v for k, v in options.items() if k not in ("scheduler", "seeds") or options.get(k)}
+        shown["seed"] = plan_config.fit.seed
+        plan_folder.write_config_yaml(effective_config_text(shown, f"{MAIN_COMMAND} {command}",
+                                                            plan_folder.config_yaml, left_out))
+
+    with executor or nullcontext():
+        outcomes = train_stage(config, folder, executor or InProcess(), test=test, seeds=seeds,
+                               on_folder=write_config_yaml)
+    if not test and any(outcome.done for outcome in outcomes):
+        click.echo(f"next: {MAIN_COMMAND} test --run {folder}")
+    finish(outcomes)
 
 
 @click.command("run", context_settings=CONTEXT)
 @training_options
+@execution_options
 @fail_cleanly
 def run_command(**options) -> None:
     """Train, then test, every machine type found (the default when no subcommand is given)."""
-    from asd.engine.stages import finish, test_stage, train_stage
-
-    outcome = train_stage(options, "run")
-    if outcome.done:
-        test_stage(outcome.run_dir, tuple(k.split("/")[-1] for k in outcome.done), outcome=outcome)
-    finish(outcome)
+    train_and_maybe_test(options, "run", test=True)
 
 
 @click.command("train", context_settings=CONTEXT)
@@ -107,12 +141,7 @@ def run_command(**options) -> None:
 @fail_cleanly
 def train_command(**options) -> None:
     """Train a detector per machine type on its train.h5 shard; save models and thresholds."""
-    from asd.engine.stages import finish, train_stage
-
-    outcome = train_stage(options, "train")
-    if outcome.done:
-        click.echo(f"next: python source/main.py test --run {outcome.run_dir}")
-    finish(outcome)
+    train_and_maybe_test(options, "train", test=False)
 
 
 @click.command("test", context_settings=CONTEXT)
@@ -128,31 +157,37 @@ def train_command(**options) -> None:
 def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, ground_truth: Path | None) -> None:
     """Score the test shards with a run's models; write official files, metrics and plots."""
     from asd.engine.stages import finish, test_stage
+    from asd.run_folder import RunFolder
 
     if ground_truth is not None:
         from asd.evaluation.ground_truth import load_ground_truth
 
         load_ground_truth(ground_truth)  # a bad folder is refused (EvaluationError) before any scoring
-    outcome = test_stage(run_dir, machines, device)
+    outcome = test_stage(RunFolder(run_dir), machines, device)
     if ground_truth is not None:
-        from asd.cli.data import run_evaluation
+        from asd.evaluation.ground_truth import evaluate_folders
 
-        run_evaluation(ground_truth, [run_dir])
-    finish(outcome)
+        if not evaluate_folders(ground_truth, [run_dir], echo=click.echo,
+                            echo_error=lambda line: click.echo(line, err=True)):
+            raise SystemExit(2)
+    finish([outcome])
 
 
 @click.command("summarize", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the comparison as a page here [default: <common parent of RUNS>/compare.html].")
+              help="Also write the comparison as a page here [default: <common parent of RUNS>/compare.html, "
+                   "or compare-<n>.html when that exists].")
 @fail_cleanly
 def summarize_command(runs: tuple[Path, ...], html_path: Path | None) -> None:
     """One table over machine types; several runs side by side."""
+    from asd.reports.run_page import default_comparison_path, write_comparison_page
     from asd.reports.summary import compare_runs
 
     click.echo(compare_runs(list(runs)))
-    from asd.reports.run_page import default_comparison_path, write_comparison_page
-    click.echo(f"page: {write_comparison_page(list(runs), html_path or default_comparison_path(list(runs)))}")
+    replaced = html_path is not None and html_path.exists()
+    page = write_comparison_page(list(runs), html_path or default_comparison_path(list(runs)))
+    click.echo(f"page: {page}" + ("  (replaced the page that was there)" if replaced else ""))
 
 
 @click.command("score", context_settings=CONTEXT)
@@ -161,24 +196,30 @@ def summarize_command(runs: tuple[Path, ...], html_path: Path | None) -> None:
 @click.option("--dataset", default=None, help="Dataset of that machine type, if several have it.")
 @click.option("--out", "out_csv", default=None, type=click.Path(path_type=Path),
               help="CSV to write (default: <run>/scores_<machine>_<time>.csv); its folder must exist.")
-@click.option("--aggregate", type=click.Choice(REDUCERS), default=None, help="Default: the model's.")
+@click.option("--aggregate", type=click.Choice(REDUCERS), default=None,
+              help="Default: the model's. Another reducer than the one its thresholds were fitted with is "
+                   "refused.")
 @click.option("--device", default="auto", type=DEVICE, help="auto | cpu | cuda | cuda:N")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @config_option
 @fail_cleanly
 def score_command(run_dir, machine, dataset, out_csv, aggregate, device, paths) -> None:
     """Score any wav files or folders with a trained model: file, score, threshold, decision."""
-    # where the scores go and the device are checked before the scoring work, so no result is lost
-    out_csv = check_out_file(out_csv or run_dir / f"scores_{machine}_{datetime.now():%Y%m%d-%H%M%S}.csv",
-                             "--out")
+    from asd.run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    # where the scores go is checked before the scoring work, so no result is lost
+    out_csv = check_out_file(out_csv or folder.scores_csv(machine), "--out")
     import pandas as pd
 
-    from asd.engine.score_files import score_paths
-    from asd.models.base import resolve_device
+    from asd.engine.score_files import check_aggregate, score_paths
+    from asd.models.checkpoint import load_detector
+    from asd.models.device import resolve_device
 
+    detector = load_detector(folder.find_model(machine, dataset))
+    check_aggregate(detector, aggregate)
     resolve_device(device)
-    table, skipped = score_paths(run_dir, machine, list(paths), dataset=dataset, aggregate=aggregate,
-                                 device=device)
+    table, skipped = score_paths(detector, machine, list(paths), device=device)
     table.to_csv(out_csv, index=False)
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         click.echo(table.to_string(index=False))
