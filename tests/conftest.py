@@ -1,4 +1,6 @@
-"""Shared test helpers: tiny wav files in any DCASE naming, a tiny dataset tree, the real recordings.
+"""Shared test helpers: tiny wav files in any DCASE naming, a tiny dataset tree, the real recordings, and
+the session's prepared synthetic dataset with two finished runs (prepared and run once, through the real
+entry scripts, and read by every test that needs a cache or a run folder).
 
 Everything here writes into pytest's tmp folders; the real DCASE recordings are only read, from
 `../shared/fixtures/dcase-real` next to the project root, and tests that need them skip when absent.
@@ -6,6 +8,7 @@ Everything here writes into pytest's tmp folders; the real DCASE recordings are 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -142,3 +145,46 @@ def prepared_synthetic_machine(tmp_path_factory: pytest.TempPathFactory, machine
     out = tmp_path_factory.mktemp("processed")
     run_prep(PrepConfig(raw_dir=str(raw), out_dir=str(out), jobs=1), show_progress=False)
     return next(out.rglob(machine))
+
+
+def run_script(script: str, *args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python source/<script> ARGS` as a user runs it (this interpreter), output captured."""
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "source" / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+SYNTH_MACHINES = ("fan", "valve")
+
+
+@pytest.fixture(scope="session")
+def synth_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's synthetic dataset: fan and valve, 2 s clips, loud anomalies, made once and prepared
+    once through `source/data_prep.py`. Tests read it and never write into it (copy it first)."""
+    from asd.dataset.synth import generate_dataset
+
+    base = tmp_path_factory.mktemp("synth-set")
+    generate_dataset(base / "raw" / "synth", seed=1, scale=0.03, machines=list(SYNTH_MACHINES), clip_seconds=2.0,
+                     anomaly_strength=8.0, n_jobs=1)
+    done = run_script("data_prep.py", "--raw-dir", base / "raw", "--out-dir", base / "processed", "--jobs", "1",
+                      "--quiet")
+    assert done.returncode == 0, done.stderr
+    return {"base": base, "raw": base / "raw", "processed": base / "processed" / "synth"}
+
+
+def _finished_run(synth_set: dict[str, Path], name: str, *options: str) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = synth_set["base"] / "runs" / name
+    done = run_script("main.py", "run", "--processed-dir", synth_set["processed"], "--output-dir", run_dir, *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+@pytest.fixture(scope="session")
+def gmm_run(synth_set: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python source/main.py run` with the default model on the session's dataset: its folder and output."""
+    return _finished_run(synth_set, "gmm")
+
+
+@pytest.fixture(scope="session")
+def ae_run(synth_set: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    """The same with the autoencoder for two epochs (a model with a loss curve)."""
+    return _finished_run(synth_set, "ae", "--model", "ae", "--epochs", "2")

@@ -15,7 +15,8 @@ from asd.cache.reading import segment_rows_of, split_train_validation
 from asd.cache.shard import Shard
 from asd.models.autoencoder import AutoencoderDetector, AutoencoderDetectorConfig
 from asd.models.autoencoder_net import frames_to_vectors, strided_vectors
-from asd.models.base import TrainConfig, load_detector, reduce_selective
+from asd.models.base import FitConfig, reduce_selective
+from asd.models.checkpoint import load_detector, save_detector
 from asd.models.training import EarlyStopping
 from conftest import build_dataset
 
@@ -30,9 +31,9 @@ def shards(tmp_path_factory) -> dict[str, Path]:
     return {"train": folder / "train.h5", "test": folder / "test.h5", "base": base}
 
 
-def _fit(shard_path: Path, train: TrainConfig, **config) -> AutoencoderDetector:
+def _fit(shard_path: Path, train: FitConfig, **config) -> AutoencoderDetector:
     shard = Shard(shard_path)
-    train_clips, val_clips = split_train_validation(shard.clips, train.val_fraction, train.seed)
+    train_clips, val_clips = split_train_validation(shard.clips, 0.1, train.seed)
     detector = AutoencoderDetector(AutoencoderDetectorConfig(**config))
     return detector.fit(shard, train_clips, val_clips, train, log=lambda line: None)
 
@@ -52,7 +53,7 @@ def test_reduce_selective_hand_built_case() -> None:
 def test_clip_rule_equals_direct_numpy_computation(shards) -> None:
     """score_clips of ae-maha == per clip: mean Mahalanobis distance of all its vectors under each domain
     (float64 numpy from the stored statistics), then the minimum of the two; the vector rule differs."""
-    detector = _fit(shards["train"], TrainConfig(epochs=2, device="cpu"), score="mahalanobis")
+    detector = _fit(shards["train"], FitConfig(epochs=2, device="cpu"), score="mahalanobis")
     assert detector.mahalanobis_.domains_.tolist() == ["source", "target"]
     test = Shard(shards["test"])
     got = detector.score_clips(test, device="cpu")
@@ -88,7 +89,7 @@ def test_early_stopping_rule() -> None:
 
 
 def test_training_stops_early_keeps_best_and_records_it(shards, tmp_path) -> None:
-    train = TrainConfig(device="cpu", max_epochs=40, patience=2, min_delta=0.5)  # 50%: stops soon
+    train = FitConfig(device="cpu", max_epochs=40, patience=2, min_delta=0.5)  # 50%: stops soon
     detector = _fit(shards["train"], train)
     stopping = detector.stopping_
     assert stopping["stopped_early"] and stopping["epochs_run"] == len(detector.history_) < 40
@@ -96,16 +97,16 @@ def test_training_stops_early_keeps_best_and_records_it(shards, tmp_path) -> Non
     assert stopping["chosen_epoch"] == int(np.argmin(losses)) + 1
     # the kept weights are the best epoch's: recomputing the held-out loss gives the best value
     shard = Shard(shards["train"])
-    _, val_clips = split_train_validation(shard.clips, train.val_fraction, train.seed)
+    _, val_clips = split_train_validation(shard.clips, 0.1, train.seed)
     val_loss = float(np.mean(detector._segment_errors(detector.network_, shard, segment_rows_of(shard, val_clips),
                                                       torch.device("cpu"))))
     assert val_loss == pytest.approx(min(losses), rel=1e-4)
-    restored = load_detector(detector.save(tmp_path / "model.pt"))
+    restored = load_detector(save_detector(detector, tmp_path / "model.pt"))
     assert restored.stopping_ == stopping
 
 
 def test_explicit_epochs_run_exactly(shards) -> None:
-    detector = _fit(shards["train"], TrainConfig(device="cpu", epochs=3, patience=1, min_delta=0.9))
+    detector = _fit(shards["train"], FitConfig(device="cpu", epochs=3, patience=1, min_delta=0.9))
     assert len(detector.history_) == 3 and detector.stopping_["chosen_epoch"] == 3
     assert not detector.stopping_["stopped_early"]
 
@@ -113,7 +114,7 @@ def test_explicit_epochs_run_exactly(shards) -> None:
 def test_in_memory_and_streamed_training_both_learn(shards) -> None:
     losses = {}
     for budget, dtype in ((512.0, "float32"), (512.0, "float16"), (0.0, "float32")):  # 0 MiB: streamed
-        train = TrainConfig(device="cpu", epochs=3, memory_budget_mib=budget, cache_dtype=dtype)
+        train = FitConfig(device="cpu", epochs=3, memory_budget_mib=budget, cache_dtype=dtype)
         losses[budget, dtype] = [record["train_loss"] for record in _fit(shards["train"], train).history_]
         assert losses[budget, dtype][-1] < 0.97 * losses[budget, dtype][0], (budget, dtype)
     # same seed, same batch order: float16 storage changes the losses only in the rounding of the input
@@ -128,14 +129,14 @@ def test_strided_vectors_equal_copied_vectors() -> None:
     torch.testing.assert_close(view.reshape(-1, 28), frames_to_vectors(logmel, context=4))
 
 
-def test_train_config_refuses_bad_values() -> None:
+def test_fit_config_refuses_bad_values() -> None:
     for bad in ({"patience": 0}, {"min_delta": 1.5}, {"max_epochs": 0}, {"cache_dtype": "int8"},
                 {"epochs": 0}, {"threads": -1}):
         with pytest.raises(ValueError):
-            TrainConfig(**bad)
-    assert TrainConfig(epochs=7).epoch_plan(100) == (7, True)
-    assert TrainConfig(max_epochs=30).epoch_plan(100) == (30, False)
-    assert TrainConfig().epoch_plan(100) == (100, False)
+            FitConfig(**bad)
+    assert FitConfig(epochs=7).epoch_plan(100) == (7, True)
+    assert FitConfig(max_epochs=30).epoch_plan(100) == (30, False)
+    assert FitConfig().epoch_plan(100) == (100, False)
 
 
 @pytest.mark.parametrize(("weight_decay", "reference"), [(0.0, "Adam"), (0.1, "AdamW")])

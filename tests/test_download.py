@@ -115,7 +115,7 @@ def test_catalog_lists_official_records():
     assert all(a.record in ("7830345", "7860847") for a in chosen)
     for spec in catalog["datasets"].values():
         assert all(r["source"] for r in spec["records"].values())  # every record says where it came from
-    with pytest.raises(ValueError, match="no machine type"):
+    with pytest.raises(DownloadError, match="no machine type"):
         select_archives(catalog, "dcase2023t2", dev=True, eval_=False, machines=["bandsaw"])
 
 
@@ -129,7 +129,7 @@ def test_eval_archives_merge_into_the_prep_layout_and_second_run_does_nothing(se
     machine = raw / "toy2099" / "eval_data" / "raw" / "fan"
     assert len(list((machine / "train").glob("*.wav"))) == 3 and len(list((machine / "test").glob("*.wav"))) == 3
     manifest, _ = scan_raw_root(raw)
-    assert set(manifest["dataset"]) == {"toy2099/eval_data/raw"} and set(manifest["split_folder"]) == {"train", "test"}
+    assert set(manifest["dataset"]) == {"toy2099-eval"} and set(manifest["split_folder"]) == {"train", "test"}
     assert not list(raw.rglob("*.partial")) and not list(raw.rglob(".unpack-*"))
     n_requests = len(server.requests)
     assert set(run(server, items, raw).values()) == {"up to date"}

@@ -18,14 +18,15 @@ from asd.cache.features import FeatureConfig
 from asd.cache.reading import split_train_validation
 from asd.cache.shard import Shard
 from asd.dataset.synth import generate_dataset
-from asd.models.base import FingerprintMismatch, TrainConfig, load_detector
+from asd.models.base import FingerprintMismatch, FitConfig
+from asd.models.checkpoint import load_detector, save_detector
 from asd.models.embedding import EmbeddingDetector, EmbeddingDetectorConfig
 from asd.models.embedding_data import augmented_labels, class_weights, clip_class_names, mel_shift
 from asd.models.registry import make_detector
 
 # Small but complete: the shift task and mixup stay on, the network is the default one.
 FAST = EmbeddingDetectorConfig(epochs=2, batch_size=32)
-TRAIN = TrainConfig(epochs=None, seed=3, device="cpu", val_fraction=0.1)
+TRAIN = FitConfig(epochs=None, seed=3, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,10 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def fit(machine_dir: Path, config: EmbeddingDetectorConfig = FAST,
-        train: TrainConfig = TRAIN) -> EmbeddingDetector:
+        train: FitConfig = TRAIN) -> EmbeddingDetector:
     shard = Shard(machine_dir / "train.h5")
     clips = shard.clips
-    train_clips, val_clips = split_train_validation(clips[clips["label"] != "anomaly"], train.val_fraction,
-                                                    train.seed)
+    train_clips, val_clips = split_train_validation(clips[clips["label"] != "anomaly"], 0.1, train.seed)
     return EmbeddingDetector(config).fit(shard, train_clips, val_clips, train, log=lambda line: None)
 
 
@@ -79,7 +79,7 @@ def test_same_seed_same_scores(fitted: EmbeddingDetector, processed: dict[str, P
 
 
 def test_checkpoint_round_trip(fitted: EmbeddingDetector, processed: dict[str, Path], tmp_path: Path) -> None:
-    path = fitted.save(tmp_path / "model.pt")
+    path = save_detector(fitted, tmp_path / "model.pt")
     torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and values only
     loaded = load_detector(path)
     assert isinstance(loaded, EmbeddingDetector)
@@ -146,26 +146,33 @@ def test_mel_shift_and_labels() -> None:
 
 
 def test_one_network_learns_every_machine_type_of_a_dataset(processed: dict[str, Path], tmp_path: Path) -> None:
-    from asd.engine.train import discover, fit_shared, test_machine, train_machine
+    from asd.cache.store import discover
+    from asd.engine.config import RunConfig
+    from asd.engine.test import score_machine
+    from asd.engine.train import fit_shared, shared_groups, train_machine
     from asd.evaluation.metrics import metrics_table
+    from asd.run_folder import RunFolder
 
-    items = discover(processed["default"].parent)  # the dataset's folder: fan and valve
-    assert [item.machine for item in items] == ["fan", "valve"]
-    dataset = items[0].dataset
+    machines = discover(processed["default"].parent)  # the dataset's folder: fan and valve
+    assert [machine.machine for machine in machines] == ["fan", "valve"]
+    dataset = machines[0].dataset
     options = {"epochs": 2, "batch_size": 32}
-    assert fit_shared(items, tmp_path, "gmm", TRAIN) == {}
-    assert fit_shared(items, tmp_path, "embed", TRAIN, {**options, "scope": "machine"}) == {}
-    shared = fit_shared(items, tmp_path, "embed", TRAIN, options)
-    networks = shared[dataset]
+    config = RunConfig(model="embed", model_options=options, fit=TRAIN)
+    assert shared_groups(machines, RunConfig(model="gmm", fit=TRAIN)) == {}
+    assert shared_groups(machines, RunConfig(model="embed", model_options={**options, "scope": "machine"},
+                                             fit=TRAIN)) == {}
+    assert [m.machine for m in shared_groups(machines, config)[dataset]] == ["fan", "valve"]
+    folder = RunFolder(tmp_path)
+    networks = fit_shared(dataset, machines, config, folder)
     assert {name.split("/")[0] for name in networks.class_names} == {"fan", "valve"}
-    assert "one network for fan, valve" in (tmp_path / dataset / "shared_train.log").read_text()
-    for item in items:
-        train_machine(item, tmp_path, "embed", TRAIN, options, networks)
-    fan = load_detector(tmp_path / dataset / "fan" / "model.pt")
+    assert "one network for fan, valve" in folder.shared_train_log(dataset).read_text()
+    for machine in machines:
+        train_machine(machine, config, folder, networks)
+    fan = load_detector(folder.model_path(dataset, "fan"))
     assert fan.class_names_ == networks.class_names and len(fan.networks_) == 1
     for name, value in fan.networks_[0].state_dict().items():  # the shared weights, saved with each type
         torch.testing.assert_close(value, networks.networks[0].state_dict()[name])
-    predictions, rules = test_machine(items[0], tmp_path, TRAIN)
+    predictions, rules = score_machine(machines[0], config, folder)
     assert metrics_table(predictions, rules)["AUC (source)"].mean() > 0.7
 
 

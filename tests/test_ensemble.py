@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from asd.cache.reading import split_train_validation
 from asd.cache.shard import Shard
-from asd.models.base import TrainConfig, load_detector
+from asd.models.base import FitConfig
+from asd.models.checkpoint import load_detector, save_detector
 from asd.models.ensemble import EnsembleDetector, EnsembleDetectorConfig, standardisation_table, standardise
 from conftest import prepared_synthetic_machine
 
@@ -59,8 +60,8 @@ def valve(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ensemble_end_to_end_beats_chance_and_round_trips(valve: Path, tmp_path: Path) -> None:
     shard = Shard(valve / "train.h5")
     normal = shard.clips[shard.clips["label"] != "anomaly"]
-    train = TrainConfig(epochs=2, seed=0, device="cpu", val_fraction=0.2)
-    train_clips, val_clips = split_train_validation(normal, train.val_fraction, train.seed)
+    train = FitConfig(epochs=2, seed=0, device="cpu")
+    train_clips, val_clips = split_train_validation(normal, 0.2, train.seed)
     detector = EnsembleDetector(EnsembleDetectorConfig(members=("gmm", "ae"))).fit(
         shard, train_clips, val_clips, train, log=lambda line: None)
     # On the held-out normal clips each member was standardised on, its z-scores have mean 0 and sd 1.
@@ -73,7 +74,7 @@ def test_ensemble_end_to_end_beats_chance_and_round_trips(valve: Path, tmp_path:
     scores = detector.score_clips(test, device="cpu")
     labels = (test.clips.loc[scores.index, "label"] == "anomaly").to_numpy()
     assert roc_auc_score(labels, scores.to_numpy()) > 0.7
-    detector.save(tmp_path / "model.pt")
+    save_detector(detector, tmp_path / "model.pt")
     restored = load_detector(tmp_path / "model.pt")
     assert [m.name for m in restored.members_] == ["gmm", "ae"]
     np.testing.assert_allclose(restored.score_clips(test, device="cpu").to_numpy(), scores.to_numpy(), rtol=1e-5)

@@ -11,13 +11,12 @@ from sklearn.mixture import GaussianMixture
 
 from asd.cache.reading import split_train_validation
 from asd.cache.shard import Shard
-from asd.models.base import TrainConfig, load_detector
+from asd.models.base import FitConfig
+from asd.models.checkpoint import load_detector, save_detector
 from asd.models.gmm import DiagonalGmm, GmmDetector, GmmDetectorConfig
 from asd.models.pooling import _frames_of_clip, gwrp_pool, gwrp_weights
 from asd.models.registry import make_detector
 from conftest import prepared_synthetic_machine
-
-TRAIN = TrainConfig(seed=0, device="cpu", val_fraction=0.1)
 
 
 def test_gwrp_r1_is_the_mean_and_r0_the_max() -> None:
@@ -91,7 +90,7 @@ def _fit(machine_dir: Path, seed: int = 0) -> GmmDetector:
     shard = Shard(machine_dir / "train.h5")
     normal = shard.clips[shard.clips["label"] != "anomaly"]
     train_clips, val_clips = split_train_validation(normal, 0.1, seed)
-    train = TrainConfig(seed=seed, device="cpu", val_fraction=0.1)
+    train = FitConfig(seed=seed, device="cpu")
     return make_detector("gmm").fit(shard, train_clips, val_clips, train, log=lambda line: None)
 
 
@@ -101,7 +100,7 @@ def test_detector_beats_chance_and_round_trips(fan: Path, tmp_path: Path) -> Non
     scores = detector.score_clips(test, device="cpu")
     labels = (test.clips.loc[scores.index, "label"] == "anomaly").to_numpy()
     assert roc_auc_score(labels, scores.to_numpy()) > 0.75
-    detector.save(tmp_path / "model.pt")
+    save_detector(detector, tmp_path / "model.pt")
     restored = load_detector(tmp_path / "model.pt")
     np.testing.assert_allclose(restored.score_clips(test, device="cpu").to_numpy(), scores.to_numpy(), rtol=1e-12)
     np.testing.assert_array_equal(_fit(fan).score_clips(test, device="cpu").to_numpy(), scores.to_numpy())

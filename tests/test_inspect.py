@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from asd.cache.build import PrepConfig, run_prep, shard_path
+from asd.cache.build import PrepConfig, run_prep
 from asd.cache.features import FeatureConfig
 from asd.cache.shard import Shard
+from asd.cache.store import shard_path
 from asd.cache.writer import ShardWriter
 from asd.cli import main
 from conftest import PROJECT_ROOT, REAL_ROOT, build_dataset, requires_real, write_wav
@@ -151,7 +152,7 @@ def test_main_script_inspect(processed: Path) -> None:
 def test_real_shard_report(tmp_path: Path) -> None:
     run_prep(PrepConfig(raw_dir=str(REAL_ROOT), out_dir=str(tmp_path), jobs=1, machines=("ToyTrain",)),
              show_progress=False)
-    path = shard_path(tmp_path, "dcase2023t2/dev_data/raw", "ToyTrain", "test")
+    path = shard_path(tmp_path, "dcase2023t2", "ToyTrain", "test")
     result = inspect(str(path), "--png", str(tmp_path / "toy.png"))
     assert result.exit_code == 0, result.output
     assert "clips: 2    segments: 24" in result.output

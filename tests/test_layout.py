@@ -13,6 +13,7 @@ from asd.dataset.layout import (
     ClipName,
     UnparseableName,
     check_attributes_csv,
+    dataset_name,
     parse_clip_name,
     rules_for,
     scan_raw_root,
@@ -203,7 +204,8 @@ def test_real_recordings_parse_as_their_names_say() -> None:
     assert set(manifest["machine"]) == {"ToyTrain", "bearing", "fan", "gearbox", "slider", "valve",
                                         "unidentified_machine"}
     assert len(manifest) == 33
-    real_2023 = manifest[manifest["dataset"] == "dcase2023t2/dev_data/raw"]
+    assert set(manifest["dataset"]) == {"dcase2023t2", "dcase2020t2"}  # not ".../dev_data/raw"
+    real_2023 = manifest[manifest["dataset"] == "dcase2023t2"]
     assert len(real_2023) == 24 and set(real_2023["section"]) == {"00"}
     pattern = re.compile(r"section_(\d\d)_(source|target)_(train|test)_(normal|anomaly)_(\d{4})_(.+)\.wav")
     for row in real_2023.itertuples():
@@ -227,3 +229,17 @@ def test_raw_root_may_be_a_single_machine_folder(tmp_path: Path) -> None:
     assert skipped == [] and len(manifest) == 2
     assert set(manifest["machine"]) == {"slide_rail"} and set(manifest["dataset"]) == {"."}
     assert sorted(manifest["rel_path"]) == ["test/id_00_00000001.wav", "train/normal_id_00_00000000.wav"]
+
+
+@pytest.mark.parametrize(("machine_dir", "raw_root", "name"), [
+    ("data/raw/mine/pump", "data/raw", "mine"),  # <name>/<machine>
+    ("data/raw/dcase2023t2/dev_data/raw/fan", "data/raw", "dcase2023t2"),  # the official layout: the set's name
+    ("data/raw/dcase2023t2/eval_data/raw/fan", "data/raw", "dcase2023t2-eval"),  # dev and eval never collide
+    ("data/raw/2023/dcase2023t2/dev_data/raw/fan", "data/raw", "2023/dcase2023t2"),
+    ("data/raw/dcase2023t2/dev_data/raw/fan", "data/raw/dcase2023t2", "dcase2023t2"),  # root = the set
+    ("data/raw/dcase2023t2/eval_data/raw/fan", "data/raw/dcase2023t2/eval_data", "dcase2023t2-eval"),
+    ("data/raw/synth/fan", "data/raw/synth", "."),  # machine folders straight under the root
+    ("data/raw/synth/fan", "data/raw/synth/fan", "."),  # the root is the machine folder
+])
+def test_dataset_names_follow_the_folders_a_user_knows(machine_dir: str, raw_root: str, name: str) -> None:
+    assert dataset_name(Path(raw_root), Path(machine_dir)) == name

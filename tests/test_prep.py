@@ -17,9 +17,10 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from asd.cache.build import CLIPS_PER_TASK, PrepConfig, PrepSummary, run_prep, shard_path
+from asd.cache.build import CLIPS_PER_TASK, PrepConfig, PrepSummary, run_prep
 from asd.cache.features import FeatureConfig
-from asd.cache.shard import Shard, StaleShard, find_shards, segment_name
+from asd.cache.shard import Shard, StaleShard, segment_name
+from asd.cache.store import find_shards, shard_path
 from asd.cache.writer import ShardWriter
 from asd.cli.prep import prep_command
 from conftest import (
@@ -456,9 +457,9 @@ def test_real_recordings_prep_round_trip(tmp_path: Path) -> None:
         assert set(clips["notes"]) == {""}  # 16 kHz 16-bit mono: nothing to convert
         seconds = 12 if path.parent.name == "ToyTrain" else 10
         assert set(clips["n_segments"]) == {seconds}
-    test = Shard(shard_path(out, "dcase2023t2/dev_data/raw", "valve", "test")).clips
+    test = Shard(shard_path(out, "dcase2023t2", "valve", "test")).clips
     assert sorted(test["label"]) == ["anomaly", "normal"] and set(test["domain"]) == {"target"}
-    old = Shard(shard_path(out, "dcase2020t2/dev_data/raw", "unidentified_machine", "train"))
+    old = Shard(shard_path(out, "dcase2020t2", "unidentified_machine", "train"))
     assert old.attrs["n_clips"] == 8 and set(old.clips["section"]) == {"00"}
     assert len(prep(REAL_ROOT, out, jobs=2).shards_skipped) == 14
 
@@ -487,12 +488,12 @@ def test_build_shard_alone_writes_what_run_prep_writes(tmp_path: Path) -> None:
     from joblib import Parallel
     from tqdm.auto import tqdm
 
-    from asd.cache.build import _shard_plan, build_shard
+    from asd.cache.build import build_shard, plan_shards
     from asd.dataset.layout import scan_raw_records
 
     raw = build_dataset(tmp_path / "raw" / "ds", {"fan": (3, 0)}).parent
     cfg = PrepConfig(raw_dir=str(raw), out_dir=str(tmp_path / "alone"), jobs=1)
-    (path, clips, digest), = list(_shard_plan(scan_raw_records(raw)[0], cfg))
+    (path, clips, digest), = list(plan_shards(scan_raw_records(raw)[0], cfg))
     summary = PrepSummary()
     with tqdm(disable=True) as bar:
         build_shard(path, clips, digest, cfg, summary, Parallel(n_jobs=1, return_as="generator"), bar)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from asd.evaluation.thresholds import ThresholdFit, decide, false_alarm_rate, fit_threshold
+from asd.evaluation.thresholds import ThresholdFit, cross_fitted_false_alarm_rate, false_alarm_rate, fit_threshold
 
 
 def test_gamma_fit_recovers_true_90th_percentile() -> None:
@@ -94,13 +94,21 @@ def test_threshold_fit_round_trips_through_dict() -> None:
         fit.value = 0.0  # frozen
 
 
-def test_false_alarm_rate_and_decisions_use_strictly_greater() -> None:
+def test_false_alarm_rate_uses_strictly_greater() -> None:
     normal = [1.0, 2.0, 3.0, 4.0]
     assert false_alarm_rate(normal, 2.0) == 0.5  # the clip at exactly 2.0 is not a false alarm
     assert false_alarm_rate(normal, 0.0) == 1.0
     assert false_alarm_rate(normal, 4.0) == 0.0
     assert np.isnan(false_alarm_rate([], 1.0))
-    assert decide([1.0, 2.0, 3.0], 2.0).tolist() == [0, 0, 1]
+
+
+def test_false_alarm_rate_is_measured_on_clips_the_threshold_did_not_see() -> None:
+    normal = np.random.default_rng(0).gamma(2.0, 1.0, 2000)
+    assert cross_fitted_false_alarm_rate(normal, "percentile", 90.0, seed=0) == pytest.approx(0.10, abs=0.02)
+    assert np.isnan(cross_fitted_false_alarm_rate(normal[:3], "percentile", 90.0, seed=0))
+    # the four highest scores in one half, the lowest in the other: out-of-sample alarms are not 10%
+    skewed = np.array([1.0, 1.1, 1.2, 1.3, 9.0, 9.1, 9.2, 9.3])
+    assert cross_fitted_false_alarm_rate(skewed, "percentile", 90.0, seed=3) != pytest.approx(0.10, abs=0.05)
 
 
 def test_gamma_threshold_gives_about_ten_percent_false_alarms_on_fresh_normals() -> None:
