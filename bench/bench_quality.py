@@ -33,10 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "source"))
 
 from asd.cache.build import PrepConfig, run_prep  # noqa: E402
+from asd.cache.store import discover  # noqa: E402
 from asd.dataset.synth import MACHINE_TYPES, generate_dataset  # noqa: E402
-from asd.engine.train import discover, fit_shared, test_machine, train_machine  # noqa: E402
+from asd.engine.config import RunConfig  # noqa: E402
+from asd.engine.test import score_machine  # noqa: E402
+from asd.engine.train import fit_shared, shared_groups, train_machine  # noqa: E402
 from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
-from asd.models.base import TrainConfig  # noqa: E402
+from asd.models.base import FitConfig  # noqa: E402
+from asd.models.registry import DEFAULT_THREADS  # noqa: E402
+from asd.run_folder import RunFolder  # noqa: E402
 
 METRICS = ("AUC (source)", "AUC (target)", "pAUC", "official")
 
@@ -58,19 +63,19 @@ def parse_variants(specs: list[str]) -> dict[str, tuple[str, dict]]:
     return variants
 
 
-def evaluate_model(item, run_dir: Path, model: str, train: TrainConfig, shared: dict,
-                   shared_seconds: float, overrides: dict | None = None, name: str | None = None
-                   ) -> tuple[dict, pd.DataFrame]:
+def evaluate_model(item, folder: RunFolder, config: RunConfig, shared: dict, shared_seconds: float,
+                   name: str | None = None) -> tuple[dict, pd.DataFrame]:
     """Train and test one machine type with one model and seed: its metrics and timings (a share of the
     training across machine types, if the model has one), its predictions."""
     start = time.perf_counter()
-    train_machine(item, run_dir, model, train, overrides, shared=shared.get(item.dataset))
+    train_machine(item, config, folder, shared=shared.get(item.dataset))
     train_seconds = time.perf_counter() - start + shared_seconds
     start = time.perf_counter()
-    predictions, rules = test_machine(item, run_dir, train)
+    predictions, rules = score_machine(item, config, folder)
     test_seconds = time.perf_counter() - start
     metrics = metrics_table(predictions, rules)
-    return {"dataset": item.dataset, "machine": item.machine, "model": name or model, "seed": train.seed,
+    return {"dataset": item.dataset, "machine": item.machine, "model": name or config.model,
+            "seed": config.fit.seed,
             "AUC (source)": metrics["AUC (source)"].mean(), "AUC (target)": metrics["AUC (target)"].mean(),
             "pAUC": metrics["pAUC"].mean(), "official": dataset_score(predictions, rules)["official score"],
             "train s": train_seconds, "test clips/s": len(predictions) / test_seconds}, predictions
@@ -88,14 +93,15 @@ def run_set(processed: Path, models: list[str], seeds: list[int], work: Path, ar
     for name in models:
         model, overrides = args.variants.get(name, (name, {}))
         for seed in seeds:
-            train = TrainConfig(epochs=epochs_for(model, args), seed=seed, device="cpu", threads=args.threads)
-            run_dir = work / f"run_{label}_{name}_{seed}"
+            fit = FitConfig(epochs=epochs_for(model, args), seed=seed, device="cpu", threads=args.threads)
+            config = RunConfig(model=model, model_options=overrides, processed_dir=str(processed), fit=fit)
+            folder = RunFolder(work / f"run_{label}_{name}_{seed}")
             start = time.perf_counter()
-            shared = fit_shared(items, run_dir, model, train, overrides)  # embed: one network for all types
+            shared = {dataset: fit_shared(dataset, group, config, folder)  # embed: one network for all types
+                      for dataset, group in shared_groups(items, config).items()}
             shared_seconds = (time.perf_counter() - start) / len(items)
             for item in items:
-                row, machine_predictions = evaluate_model(item, run_dir, model, train, shared, shared_seconds,
-                                                          overrides, name)
+                row, machine_predictions = evaluate_model(item, folder, config, shared, shared_seconds, name)
                 rows.append(row)
                 predictions.setdefault((name, seed), []).append(machine_predictions)
                 print(f"  {label:<9} {item.machine:<10} {name:<9} seed {seed}: official {row['official']:.4f}  "
@@ -137,8 +143,8 @@ def main() -> None:
     parser.add_argument("--ae-epochs", type=int, default=None, help="default: the model's own")
     parser.add_argument("--embed-epochs", type=int, default=None, help="default: the model's own")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for training (0 = every core; 1 on a machine shared with other work)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help="torch threads per process, as `--threads` of the command line (0 = every core)")
     parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME=MODEL:field=value,... : a model with config fields changed, usable in --models")

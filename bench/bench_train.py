@@ -4,10 +4,10 @@ fixed-epoch training (the DCASE baseline's 100 epochs), all measured in the same
 
     python bench/bench_train.py [--machine fan] [--scale 1.0] [--synth-seeds 1] [--real-seeds 3]
                                 [--real ../shared/real] [--fixed-epochs 100] [--synth-fixed-epochs N]
-                                [--threads 0] [--keep DIR]
+                                [--threads 1] [--keep DIR]
 
 Datasets: one synthetic machine type at DCASE size (--scale 1.0: 1000 training clips, 200 test clips of
-10 s) and, when the folder exists, the real bearing set `../shared/real/dcase2023t2-bearing-mini`
+10 s) and, when the folder exists, the real valve set `../shared/real/dcase2023t2-valve-mini`
 (34 training clips, 166 test clips). For every dataset and seed the AE is trained twice, with early
 stopping (the default: no --epochs) and with exactly --fixed-epochs, through the functions that
 `python source/main.py` uses. `ae` is scored by MSE; `ae-maha` is the same network with selective
@@ -32,7 +32,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1] / "source"
 sys.path.insert(0, str(SOURCE))
-REAL_NAME = "dcase2023t2-bearing-mini"
+REAL_NAME = "dcase2023t2-valve-mini"
 
 
 def peak_rss_mib() -> float:
@@ -43,36 +43,38 @@ def peak_rss_mib() -> float:
 # --- one stage in its own process ---------------------------------------------------------------------
 def worker(args: argparse.Namespace) -> None:
     """Run one stage and print one JSON line: seconds, peak memory and what the stage measured."""
-    from asd.engine.train import discover, machine_dir
+    from asd.cache.store import discover
+    from asd.run_folder import RunFolder
 
     (item,) = discover(Path(args.processed), [args.machine])
     run_dir = Path(args.run)
-    train = _train_config(args.epochs, args.seed, args.threads)
+    config = _run_config(args.epochs, args.seed, args.threads)
     result: dict = {}
     start = time.perf_counter()
     if args.worker == "train":
         from asd.engine.train import train_machine
-        from asd.models.base import load_detector
+        from asd.models.checkpoint import load_detector
 
-        train_machine(item, run_dir / "ae", "ae", train)
-        result.update(load_detector(machine_dir(run_dir / "ae", item) / "model.pt").stopping_)
+        folder = RunFolder(run_dir / "ae")
+        train_machine(item, config, folder)
+        result.update(load_detector(folder.model_path(item.dataset, item.machine)).stopping_)
     elif args.worker == "maha":
-        from asd.cache.reading import split_train_validation
         from asd.cache.shard import Shard
-        from asd.engine.train import fit_thresholds
-        from asd.models.base import load_detector
+        from asd.engine.train import fit_thresholds, normal_split
+        from asd.models.checkpoint import load_detector, save_detector
 
-        detector = load_detector(machine_dir(run_dir / "ae", item) / "model.pt").with_score("mahalanobis")
+        model = RunFolder(run_dir / "ae").model_path(item.dataset, item.machine)
+        detector = load_detector(model).with_score("mahalanobis")
         shard = Shard(item.train)
-        normal = shard.clips[shard.clips["label"] != "anomaly"]
-        train_clips, val_clips = split_train_validation(normal, train.val_fraction, train.seed)
-        fit_thresholds(detector, shard, val_clips, train_clips, train)
-        detector.save(machine_dir(run_dir / "ae-maha", item) / "model.pt")
+        train_clips, val_clips = normal_split(shard, config)
+        fit_thresholds(detector, shard, val_clips, train_clips, config)
+        save_detector(detector, RunFolder(run_dir / "ae-maha").model_path(item.dataset, item.machine),
+                      config.to_dict())
     else:  # test-ae / test-ae-maha
-        from asd.engine.train import test_machine
+        from asd.engine.test import score_machine
         from asd.evaluation.metrics import dataset_score, metrics_table
 
-        predictions, rules = test_machine(item, run_dir / args.worker.removeprefix("test-"), train)
+        predictions, rules = score_machine(item, config, RunFolder(run_dir / args.worker.removeprefix("test-")))
         row = metrics_table(predictions, rules).iloc[0]
         result.update({"official": float(dataset_score(predictions, rules)["official score"]),
                        "auc_source": float(row["AUC (source)"]), "auc_target": float(row["AUC (target)"]),
@@ -81,10 +83,11 @@ def worker(args: argparse.Namespace) -> None:
     print("BENCH " + json.dumps(result), flush=True)
 
 
-def _train_config(epochs: int | None, seed: int, threads: int):
-    from asd.models.base import TrainConfig
+def _run_config(epochs: int | None, seed: int, threads: int):
+    from asd.engine.config import RunConfig
+    from asd.models.base import FitConfig
 
-    return TrainConfig(epochs=epochs, seed=seed, device="cpu", threads=threads)
+    return RunConfig(model="ae", fit=FitConfig(epochs=epochs, seed=seed, device="cpu", threads=threads))
 
 
 def run_stage(stage: str, processed: Path, machine: str, run_dir: Path, seed: int, epochs: int | None,
@@ -119,7 +122,7 @@ def measure_default(dataset: str, processed: Path, machine: str, seed: int, thre
     """The default model's `run` command on one machine type: wall time, peak memory and its scores."""
     import pandas as pd
 
-    from asd.cli.run import DEFAULT_MODEL
+    from asd.models.registry import DEFAULT_MODEL
 
     run_dir = work / f"run-{dataset}-default-seed{seed}".replace(" ", "_")
     seconds, peak = run_command_measured(
@@ -223,7 +226,8 @@ def main() -> None:
     parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "real")
     parser.add_argument("--fixed-epochs", type=int, default=100)
     parser.add_argument("--synth-fixed-epochs", type=int, default=None, help="default: --fixed-epochs")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every available core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process, as `--threads` of the command line (0: every core)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="Work here (data reused if present).")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -241,8 +245,8 @@ def main() -> None:
     real = args.real / REAL_NAME
     if args.real_seeds > 0 and real.is_dir():
         prepare(args.real, work / "processed-real", args.jobs)
-        processed = work / "processed-real" / REAL_NAME / "dev_data" / "raw"
-        rows += measure("real bearing", processed, "bearing", args.real_seeds, args.fixed_epochs, args.threads, work)
+        processed = work / "processed-real" / REAL_NAME
+        rows += measure("real valve", processed, "valve", args.real_seeds, args.fixed_epochs, args.threads, work)
     elif args.real_seeds > 0:
         print(f"real set absent ({real}): skipped", flush=True)
     if args.synth_seeds > 0:

@@ -28,6 +28,14 @@ requires_real = pytest.mark.skipif(not REAL_ROOT.is_dir(), reason=f"real DCASE f
 RATE = 16000
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in this process: the tests' tensors are tiny, so more threads gain nothing, and on
+    a machine busy with other work they would fight over its cores (the command line's default is 1 too)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def tone_noise(seconds: float, rate: int = RATE, channels: int = 1, seed: int = 0,
                 freq: float = 440.0) -> np.ndarray:
     """A float signal in [-0.5, 0.5]: a tone plus noise, so every segment differs from its neighbours.

@@ -25,7 +25,7 @@ from asd.models.embedding_data import augmented_labels, class_weights, clip_clas
 from asd.models.registry import make_detector
 
 # Small but complete: the shift task and mixup stay on, the network is the default one.
-FAST = EmbeddingDetectorConfig(epochs=2, batch_size=32)
+FAST = EmbeddingDetectorConfig(epochs=2, batch_size=32, crop_frames=32, crops_per_clip=2)  # seconds, and it learns
 TRAIN = FitConfig(epochs=None, seed=3, device="cpu")
 
 
@@ -156,7 +156,7 @@ def test_one_network_learns_every_machine_type_of_a_dataset(processed: dict[str,
     machines = discover(processed["default"].parent)  # the dataset's folder: fan and valve
     assert [machine.machine for machine in machines] == ["fan", "valve"]
     dataset = machines[0].dataset
-    options = {"epochs": 2, "batch_size": 32}
+    options = {"epochs": 2, "batch_size": 32, "crop_frames": 32, "crops_per_clip": 2}
     config = RunConfig(model="embed", model_options=options, fit=TRAIN)
     assert shared_groups(machines, RunConfig(model="gmm", fit=TRAIN)) == {}
     assert shared_groups(machines, RunConfig(model="embed", model_options={**options, "scope": "machine"},

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 
 from asd.cache.build import PrepConfig, run_prep
 from asd.cli import main
-from asd.dataset.synth import generate_dataset
 from asd.evaluation.ground_truth import EvaluationError, evaluate_folder, jackknife, load_ground_truth
 from asd.evaluation.metrics import auc_or_nan
 
@@ -25,12 +24,11 @@ MACHINES = ["fan", "valve"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(synth_set, gmm_run, tmp_path_factory) -> dict[str, Path]:
+    """The session's labelled run, and an evaluation-set copy of its data: the same training clips, the test
+    clips renamed section_00_NNNN.wav in shuffled order, with the official ground-truth files."""
     base = tmp_path_factory.mktemp("evaluate")
-    raw = base / "raw" / "synth"
-    generate_dataset(raw, seed=3, scale=0.03, machines=MACHINES, clip_seconds=2.0, anomaly_strength=4.0, n_jobs=1)
-    run_prep(PrepConfig(raw_dir=str(base / "raw"), out_dir=str(base / "proc"), jobs=1), show_progress=False)
-    # The evaluation-set copy: same training clips, test clips renamed section_00_NNNN.wav in shuffled order.
+    raw = synth_set["raw"] / "synth"
     eval_raw, gt = base / "raw_eval" / "synth", base / "gt"
     rng = np.random.default_rng(0)
     for machine in MACHINES:
@@ -51,15 +49,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     run_prep(PrepConfig(raw_dir=str(base / "raw_eval"), out_dir=str(base / "proc_eval"), jobs=1),
              show_progress=False)
     runner = CliRunner()
-    for name, proc in (("labelled", "proc"), ("eval", "proc_eval")):
-        result = runner.invoke(main, ["train", "--processed-dir", str(base / proc / "synth"), "--output-dir",
-                                      str(base / name), "--epochs", "1", "--model", "ae"])
-        assert result.exit_code == 0, result.output
-    assert runner.invoke(main, ["test", "--run", str(base / "labelled")]).exit_code == 0
+    result = runner.invoke(main, ["train", "--processed-dir", str(base / "proc_eval" / "synth"), "--output-dir",
+                                  str(base / "eval")])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["test", "--run", str(base / "eval"), "--ground-truth", str(gt)])
     assert result.exit_code == 0, result.output
     assert "official score:" in result.output and "95 % jackknife CI" in result.output
-    return {"base": base, "gt": gt, "labelled": base / "labelled", "eval": base / "eval"}
+    return {"base": base, "gt": gt, "labelled": gmm_run[0], "eval": base / "eval"}
 
 
 def _official(path: Path) -> dict[str, str]:

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 from asd.cache.build import PrepConfig, run_prep
@@ -158,26 +157,15 @@ def test_explore_refuses_bad_options(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory) -> dict[str, Path]:
-    """A short run on a tiny two-machine synthetic dataset, and a copy of it (a second run to compare)."""
-    from asd.dataset.synth import generate_dataset
-
+def tiny_runs(ae_run, tmp_path_factory) -> dict[str, Path]:
+    """The session's autoencoder run (a model with a loss curve) and a copy of it (a second run to compare),
+    side by side in an output folder of their own."""
+    run, done = ae_run
+    assert f"report: {run / 'report.html'}" in done.stdout
     base = tmp_path_factory.mktemp("runs")
-    generate_dataset(base / "raw" / "synth", seed=1, scale=0.03, machines=["fan", "valve"], clip_seconds=2.0,
-                     anomaly_strength=8.0, n_jobs=1)
-    run_prep(PrepConfig(raw_dir=str(base / "raw"), out_dir=str(base / "processed"), jobs=1))
-    run = base / "output" / "run0"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: one thread is as fast, and never thrashes on a busy machine
-    try:
-        done = CliRunner().invoke(main, ["run", "--processed-dir", str(base / "processed"), "--output-dir",
-                                         str(run), "--epochs", "2", "--model", "ae"])
-    finally:
-        torch.set_num_threads(threads)
-    assert done.exit_code == 0, done.output
-    assert f"report: {run / 'report.html'}" in done.output
-    shutil.copytree(run, base / "output" / "run1")
-    return {"base": base, "run0": run, "run1": base / "output" / "run1"}
+    for name in ("run0", "run1"):
+        shutil.copytree(run, base / "output" / name)
+    return {"base": base, "run0": base / "output" / "run0", "run1": base / "output" / "run1"}
 
 
 def test_run_report_holds_the_run_figures(tiny_runs) -> None:
@@ -325,7 +313,8 @@ def test_run_report_in_browser(driver, tiny_runs) -> None:
 def test_comparison_page_in_browser(driver, tiny_runs) -> None:
     done = CliRunner().invoke(main, ["summarize", str(tiny_runs["run0"]), str(tiny_runs["run1"])])
     assert done.exit_code == 0, done.output
-    open_and_check(driver, tiny_runs["base"] / "output" / "compare.html")
+    page = next(line.split("page: ", 1)[1] for line in done.output.splitlines() if line.startswith("page: "))
+    open_and_check(driver, Path(page))
     table = dom_table(driver, "comparison")
     summary = pd.read_csv(tiny_runs["run1"] / "synth" / "summary.csv", dtype={"section": str})
     shown = table[table["machine"] != "ALL"]["run1 / AUC (source)"].astype(float).tolist()

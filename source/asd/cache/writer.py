@@ -17,7 +17,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from asd import __version__
 from asd.cache.features import SCHEMA_VERSION, FeatureConfig
 from asd.cache.shard import (
     BLOCK_BYTES,
@@ -31,6 +30,7 @@ from asd.cache.shard import (
     segment_name,
 )
 from asd.errors import ShardWriteFailed
+from asd.version import __version__
 
 _WEIGHTS: dict[int, np.ndarray] = {}
 

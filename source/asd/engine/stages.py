@@ -86,8 +86,10 @@ def run_machine(task: MachineTask) -> MachineResult:
     executor puts it; an AsdError becomes the result's `failed`, anything else is a bug and propagates."""
     from asd.engine.test import score_machine, write_machine_outputs
     from asd.engine.train import train_machine
+    from asd.models.device import set_threads
 
     machine, folder, config = task.machine, task.folder, task.config
+    set_threads(config.fit.threads)  # scoring too: the same threads wherever the task runs
     result = MachineResult(host=os.uname().nodename)
     start = time.perf_counter()
     stage = "train"

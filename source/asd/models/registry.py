@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import replace
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from asd.models.base import Detector
+from typing import Any
 
 # name -> (module, class, config overrides)
 MODELS: dict[str, tuple[str, str, dict]] = {
@@ -29,15 +26,15 @@ REDUCERS = ("mean", "max", "median", "p90")
 DEFAULT_THREADS = 1
 
 
-def model_class(name: str) -> type[Detector]:
-    """The detector class of a command-line model name."""
+def model_class(name: str) -> type:
+    """The detector class (an `asd.models.base.Detector`) of a command-line model name."""
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     module, cls, _ = MODELS[name]
     return getattr(importlib.import_module(module), cls)
 
 
-def detector_class(saved_name: str) -> type[Detector]:
+def detector_class(saved_name: str) -> type:
     """The class saved under `saved_name` in a checkpoint (the class's own `name`)."""
     for name in MODELS:
         cls = model_class(name)
@@ -46,8 +43,8 @@ def detector_class(saved_name: str) -> type[Detector]:
     raise KeyError(f"unknown model {saved_name!r} in checkpoint; known: {sorted(MODELS)}")
 
 
-def make_detector(name: str, **overrides) -> Detector:
-    """A fresh detector for a command-line model name; `overrides` set fields of its config
-    (e.g. `members` of the ensemble)."""
+def make_detector(name: str, **overrides: Any) -> Any:
+    """A fresh `asd.models.base.Detector` for a command-line model name; `overrides` set fields of its
+    config (e.g. `members` of the ensemble). The table imports no model, so the result is not typed here."""
     cls = model_class(name)
     return cls(replace(cls.config_class(), **{**MODELS[name][2], **overrides}))
