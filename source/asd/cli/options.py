@@ -2,20 +2,18 @@
 names and reducers come from the registry, a plain table), so `--help` stays fast.
 
 Every option is checked by click before a command does any work: ranges, choices, the device name, and
-(`asd.folders.check_writable_dir`, `check_out_file`) the places a command will write to.
+(`asd.folders.check_writable_dir` and `check_out_file`) the places a command will write to.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sys
-from pathlib import Path
 
 import click
 
-from asd.errors import AsdError, BadInput
+from asd.errors import AsdError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -91,22 +89,3 @@ EPOCHS = click.IntRange(min=1)
 POSITIVE = click.FloatRange(min=0, min_open=True)
 VAL_FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 PERCENTILE = click.FloatRange(min=0, max=100, min_open=True, max_open=True)
-
-
-def check_out_file(path: Path, option: str) -> Path:
-    """A file the command will write at the end: its folder must exist and be writable, and it must not be
-    a folder itself. Checked first, so a long computation is never lost to a bad output path."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"{option} {path} is a folder; give a file name, e.g. {path / 'scores.csv'}")
-    if not path.parent.is_dir():
-        raise BadInput(f"{option} {path}: folder {path.parent} does not exist; create it first")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise BadInput(f"{option} {path} exists and is not writable")
-    try:
-        probe = path.parent / f".asd-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise BadInput(f"{option} {path}: folder {path.parent} is not writable ({err.strerror or err})") from None
-    return path

@@ -23,11 +23,11 @@ from asd.cli.options import (
     PERCENTILE,
     SEED,
     VAL_FRACTION,
-    check_out_file,
     fail_cleanly,
 )
 from asd.errors import MAIN_COMMAND, BadInput
 from asd.evaluation.thresholds import METHODS as THRESHOLD_METHODS
+from asd.folders import check_out_file
 from asd.models.registry import DEFAULT_MODEL, DEFAULT_THREADS, MODELS, REDUCERS
 
 
