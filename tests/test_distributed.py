@@ -130,3 +130,20 @@ def test_a_failed_task_leaves_the_others_and_a_rerun_finishes_only_what_is_missi
         assert (seed0 / name).read_bytes() == (gmm_run[0] / name).read_bytes(), name
     other_seed = pd.read_csv(dist / "seed_1" / "predictions.csv")
     assert not np.array_equal(other_seed["score"], pd.read_csv(gmm_run[0] / "predictions.csv")["score"])
+
+
+def test_model_options_and_the_shared_network_under_a_scheduler(synth_set, cluster, tmp_path):
+    from asd.models.checkpoint import load_detector
+
+    run_dir = tmp_path / "embed"
+    result = CliRunner().invoke(main, ["run", "--processed-dir", str(synth_set["processed"]), "--output-dir",
+                                       str(run_dir), "--model", "embed", "--epochs", "1", "--scheduler", cluster,
+                                       "--model-option", "crop_frames=32", "--model-option", "crops_per_clip=1"])
+    assert result.exit_code == 0, result.output
+    assert "1 shared network(s) on 2 worker(s)" in result.output
+    assert "synth: one network for its machine types" in result.output
+    assert "one network for fan, valve" in (run_dir / "synth" / "shared_train.log").read_text()
+    for machine in ("fan", "valve"):
+        assert load_detector(run_dir / "synth" / machine / "model.pt").config.crop_frames == 32
+        assert "trained for the whole dataset" in (run_dir / "synth" / machine / "train.log").read_text()
+    assert (run_dir / "report.html").is_file() and (run_dir / "config.yaml").is_file()
