@@ -1,5 +1,6 @@
-"""The autoencoder's training loop and scoring rules: early stopping, in-memory vs streamed training data,
-and the official selective-Mahalanobis order (mean per domain over the clip, then the minimum)."""
+"""The autoencoder's training loop and scoring rules: early stopping on the held-out fold, in-memory vs
+streamed training data, the official selective-Mahalanobis order (mean per domain over the clip, then the
+smallest standardised one) and the fold networks' calibration."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pytest
 import torch
 
 from asd.cache.build import PrepConfig, run_prep
-from asd.cache.reading import segment_rows_of, split_train_validation
+from asd.cache.reading import segment_rows_of
 from asd.cache.shard import Shard
 from asd.models.autoencoder import AutoencoderDetector, AutoencoderDetectorConfig
 from asd.models.autoencoder_net import frames_to_vectors, strided_vectors
-from asd.models.base import FitConfig, reduce_selective
+from asd.models.base import FitConfig
 from asd.models.checkpoint import load_detector, save_detector
+from asd.models.fold_networks import assign_folds
 from asd.models.training import EarlyStopping
 from conftest import build_dataset
 
@@ -33,46 +35,69 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 
 def _fit(shard_path: Path, train: FitConfig, **config) -> AutoencoderDetector:
     shard = Shard(shard_path)
-    train_clips, val_clips = split_train_validation(shard.clips, 0.1, train.seed)
     detector = AutoencoderDetector(AutoencoderDetectorConfig(**config))
-    return detector.fit(shard, train_clips, val_clips, train, log=lambda line: None)
+    return detector.fit(shard, shard.clips.index.to_numpy(), train, log=lambda line: None)
 
 
-def test_reduce_selective_hand_built_case() -> None:
-    # two clips: clip 7 has segments with (source, target) means (1, 9) and (3, 1): per-domain clip means
-    # (2, 5) -> 2; clip 9 has (8, 2) and (6, 4) -> (7, 3) -> 3. The per-vector rule would give other values.
-    columns = np.array([[1.0, 9.0], [3.0, 1.0], [8.0, 2.0], [6.0, 4.0]])
-    clip = np.array([7, 7, 9, 9])
-    scores = reduce_selective(columns, clip, "mean")
-    assert scores.index.tolist() == [7, 9]
-    np.testing.assert_allclose(scores.to_numpy(), [2.0, 3.0])
-    np.testing.assert_allclose(reduce_selective(columns, clip, "max").to_numpy(), [3.0, 4.0])  # max(3,9)->min
-    np.testing.assert_allclose(reduce_selective(columns[:, 0], clip, "mean").to_numpy(), [2.0, 7.0])
+def _folds(shard: Shard, seed: int) -> np.ndarray:
+    """The folds the detector deals the training clips into (section/domain strata)."""
+    names = (shard.clips["section"].astype(str) + "/" + shard.clips["domain"].astype(str)).to_numpy()
+    return assign_folds(names, 2, seed)
 
 
 def test_clip_rule_equals_direct_numpy_computation(shards) -> None:
-    """score_clips of ae-maha == per clip: mean Mahalanobis distance of all its vectors under each domain
-    (float64 numpy from the stored statistics), then the minimum of the two; the vector rule differs."""
+    """The raw scores of a fold network == per clip: mean Mahalanobis distance of all its vectors under each
+    domain (float64 numpy from the stored statistics), one column per domain; the test score is the mean
+    over the networks of the smallest standardised column. The vector rule (minimum per vector first)
+    differs."""
     detector = _fit(shards["train"], FitConfig(epochs=2, device="cpu"), score="mahalanobis")
-    assert detector.mahalanobis_.domains_.tolist() == ["source", "target"]
+    k = next(i for i, m in enumerate(detector.mahalanobis_) if m.domains_.tolist() == ["source", "target"])
+    network, maha = detector.networks_[k], detector.mahalanobis_[k]
     test = Shard(shards["test"])
-    got = detector.score_clips(test, device="cpu")
-    maha = detector.mahalanobis_
+    clips = test.clips.index.to_numpy()
+    raw = detector._raw_scores(network, maha, test, clips, torch.device("cpu"))
     expected, per_vector_min = [], []
-    for clip in test.clips.index:
+    for clip in clips:
         mels = test.logmel(segment_rows_of(test, np.array([clip])))
         with torch.no_grad():
             vectors = frames_to_vectors(torch.from_numpy(mels))
-            errors = (vectors - detector.network_(vectors)).double().numpy()
+            errors = (vectors - network(vectors)).double().numpy()
         distances = np.stack([np.sqrt(np.einsum("nd,de,ne->n", errors - maha.means_[i], maha.precisions_[i],
                                                 errors - maha.means_[i])) for i in range(2)], axis=1)
-        expected.append(distances.mean(axis=0).min())
+        expected.append(distances.mean(axis=0))
         per_vector_min.append(distances.min(axis=1).mean())
-    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-4)
+    np.testing.assert_allclose(raw, np.array(expected), rtol=1e-4)
+    every_raw = [detector._raw_scores(n, m, test, clips, torch.device("cpu"))
+                 for n, m in zip(detector.networks_, detector.mahalanobis_, strict=True)]
+    calibration = detector.calibration_
+    z = [np.min([(r[:, j] - calibration.calibration.stats_[("00", d)][0]) / calibration.calibration.stats_[("00", d)][1]
+                 for j, d in enumerate(("source", "target")) if ("00", d) in calibration.calibration.stats_], axis=0)
+         for r in every_raw]
+    np.testing.assert_allclose(detector.score_clips(test, device="cpu").to_numpy(),
+                               np.mean(z, axis=0) / calibration.spread, rtol=1e-6)
     vector_rule = AutoencoderDetector(replace(detector.config, selective="vector"))
-    vector_rule.__dict__.update({k: v for k, v in detector.__dict__.items() if k != "config"})
-    np.testing.assert_allclose(vector_rule.score_clips(test, device="cpu").to_numpy(), per_vector_min, rtol=1e-4)
-    assert not np.allclose(expected, per_vector_min, rtol=1e-3)
+    vector_raw = vector_rule._raw_scores(network, maha, test, clips, torch.device("cpu"))
+    np.testing.assert_allclose(vector_raw, np.repeat(np.array(per_vector_min)[:, None], 2, axis=1), rtol=1e-4)
+    assert not np.allclose(np.min(expected, axis=1), per_vector_min, rtol=1e-3)
+
+
+def test_every_training_clip_is_scored_by_the_network_that_never_saw_it(shards) -> None:
+    """decision_scores_ are out of fold: clip i of fold k scored by network k (which did not learn it),
+    standardised by the calibration; re-scoring with the other network gives other values."""
+    train = FitConfig(epochs=2, device="cpu", seed=3)
+    detector = _fit(shards["train"], train)
+    shard = Shard(shards["train"])
+    folds = _folds(shard, train.seed)
+    assert set(folds.tolist()) == {0, 1}
+    clips = shard.clips.index.to_numpy()
+    sections = shard.clips["section"].to_numpy().astype(str)
+    by_network = [detector.calibration_.calibration.transform(
+        detector._raw_scores(n, m, shard, clips, torch.device("cpu")), sections)
+        for n, m in zip(detector.networks_, detector.mahalanobis_, strict=True)]
+    own = np.array([by_network[f][i] for i, f in enumerate(folds)])
+    np.testing.assert_allclose(detector.decision_scores_["score"].to_numpy(), own, rtol=1e-6)
+    other = np.array([by_network[1 - f][i] for i, f in enumerate(folds)])
+    assert not np.allclose(own, other)
 
 
 def test_early_stopping_rule() -> None:
@@ -91,30 +116,30 @@ def test_early_stopping_rule() -> None:
 def test_training_stops_early_keeps_best_and_records_it(shards, tmp_path) -> None:
     train = FitConfig(device="cpu", max_epochs=40, patience=2, min_delta=0.5)  # 50%: stops soon
     detector = _fit(shards["train"], train)
-    stopping = detector.stopping_
+    stopping = detector.stopping_[0]  # the first network's (its curves are history_)
     assert stopping["stopped_early"] and stopping["epochs_run"] == len(detector.history_) < 40
     losses = [record["val_loss"] for record in detector.history_]
     assert stopping["chosen_epoch"] == int(np.argmin(losses)) + 1
-    # the kept weights are the best epoch's: recomputing the held-out loss gives the best value
+    # the kept weights are the best epoch's: recomputing the held-out fold's loss gives the best value
     shard = Shard(shards["train"])
-    _, val_clips = split_train_validation(shard.clips, 0.1, train.seed)
-    val_loss = float(np.mean(detector._segment_errors(detector.network_, shard, segment_rows_of(shard, val_clips),
+    held = shard.clips.index.to_numpy()[_folds(shard, train.seed) == 0]
+    val_loss = float(np.mean(detector._segment_errors(detector.networks_[0], shard, segment_rows_of(shard, held),
                                                       torch.device("cpu"))))
     assert val_loss == pytest.approx(min(losses), rel=1e-4)
     restored = load_detector(save_detector(detector, tmp_path / "model.pt"))
-    assert restored.stopping_ == stopping
+    assert restored.stopping_ == detector.stopping_
 
 
 def test_explicit_epochs_run_exactly(shards) -> None:
     detector = _fit(shards["train"], FitConfig(device="cpu", epochs=3, patience=1, min_delta=0.9))
-    assert len(detector.history_) == 3 and detector.stopping_["chosen_epoch"] == 3
-    assert not detector.stopping_["stopped_early"]
+    assert len(detector.history_) == 3 and [s["chosen_epoch"] for s in detector.stopping_] == [3, 3]
+    assert not any(s["stopped_early"] for s in detector.stopping_)
 
 
 def test_in_memory_and_streamed_training_both_learn(shards) -> None:
     losses = {}
     for budget, dtype in ((512.0, "float32"), (512.0, "float16"), (0.0, "float32")):  # 0 MiB: streamed
-        train = FitConfig(device="cpu", epochs=3, memory_budget_mib=budget, cache_dtype=dtype)
+        train = FitConfig(device="cpu", epochs=5, memory_budget_mib=budget, cache_dtype=dtype)
         losses[budget, dtype] = [record["train_loss"] for record in _fit(shards["train"], train).history_]
         assert losses[budget, dtype][-1] < 0.97 * losses[budget, dtype][0], (budget, dtype)
     # same seed, same batch order: float16 storage changes the losses only in the rounding of the input

@@ -1,7 +1,9 @@
 """The contract every registered model keeps, checked the same way for each (as scikit-learn's estimator
 checks do): unfitted it refuses to score; fitted on a machine type's normal clips it gives one finite score
-per test clip, the same scores again for the same seed, and after a save and load; it refuses a shard
-prepared with other features; and its decisions follow the DCASE rule with the pooled-section fallback."""
+per test clip, the same scores again for the same seed, and after a save and load; it leaves a finite
+out-of-fold score for every training clip (`decision_scores_`, what the thresholds are fitted on); it
+refuses a shard prepared with other features; and its decisions follow the DCASE rule with the
+section x domain -> section -> pooled fallback."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from asd.cache.shard import Shard
 from asd.cache.store import MachineData, discover
 from asd.engine.config import RunConfig
 from asd.engine.train import fit_machine
-from asd.models.base import ALL_SECTIONS, FingerprintMismatch, FitConfig
+from asd.models.base import ALL_SECTIONS, FingerprintMismatch, FitConfig, threshold_key
 from asd.models.checkpoint import load_detector, read_checkpoint, save_detector
 from asd.models.registry import MODELS
 
@@ -52,7 +54,12 @@ def test_every_model_keeps_the_detector_contract(model: str, valve: MachineData,
     scores = detector.score_clips(test, device="cpu")
     assert list(scores.index) == list(test.clips.index) and np.isfinite(scores.to_numpy()).all()
     assert scores.nunique() > 1 and detector.reducer == FIT.aggregate
-    assert [r["section"] for r in rows] == ["00", ALL_SECTIONS]
+    keys = [threshold_key(r["section"], r["domain"]) for r in rows]
+    assert keys[:3] == [ALL_SECTIONS, "00", "00/source"] and set(keys) <= {"*", "00", "00/source", "00/target"}
+    train = Shard(valve.train)
+    oof = detector.decision_scores_
+    assert len(oof) == int((train.clips["label"] != "anomaly").sum()) and np.isfinite(oof["score"]).all()
+    assert list(oof.columns) == ["file_name", "section", "domain", "score"]
 
     again, _ = fit_machine(valve, config, log=lambda line: None)
     np.testing.assert_array_equal(again.score_clips(test, device="cpu").to_numpy(), scores.to_numpy())
@@ -63,6 +70,7 @@ def test_every_model_keeps_the_detector_contract(model: str, valve: MachineData,
     assert loaded.thresholds_ == detector.thresholds_ and loaded.fit_config_ == FIT
     assert read_checkpoint(path)["run_config"] == config.to_dict()
     np.testing.assert_array_equal(loaded.score_clips(test, device="cpu").to_numpy(), scores.to_numpy())
+    assert loaded.decision_scores_.equals(detector.decision_scores_)
 
     with pytest.raises(FingerprintMismatch, match="fingerprint"):
         loaded.score_clips(Shard(other_features), device="cpu")
@@ -73,3 +81,6 @@ def test_every_model_keeps_the_detector_contract(model: str, valve: MachineData,
                                                        np.nextafter(pooled, np.inf)]),
                                              np.array(["00", "00", "07", "07"]))
     assert thresholds.tolist() == [own, own, pooled, pooled] and decisions.tolist() == [0, 1, 0, 1]
+    # with the domain from the file name: the section x domain threshold (a fallback copy where few clips)
+    source = detector.thresholds_["00/source"]["value"]
+    assert loaded.decisions(np.array([source]), np.array(["00"]), np.array(["source"]))[0].tolist() == [source]

@@ -1,5 +1,5 @@
-"""The embedding model's inputs and scorer: whole-clip log-mels rebuilt from the cache, crops and windows,
-and the domain-aware nearest-neighbour scorer."""
+"""The embedding model's inputs and references: whole-clip log-mels rebuilt from the cache, crops and
+windows, and the domain-aware nearest-neighbour banks whose out-of-fold distances calibrate the scores."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from asd.cache.audio import read_clip
 from asd.cache.build import PrepConfig, run_prep
 from asd.cache.features import FeatureConfig, clip_log_mel
 from asd.cache.shard import Shard
+from asd.models.calibration import DomainCalibration
 from asd.models.clip_crops import fit_length, load_clip_frames, random_crops, windows
-from asd.models.knn_domain import DomainKnn, nearest_distance
+from asd.models.fold_networks import assign_folds
+from asd.models.knn_domain import DomainBanks, nearest_distance
 from conftest import write_wav
 
 
@@ -61,31 +63,52 @@ def test_nearest_distance_is_the_cosine_distance_to_the_closest_row() -> None:
 
 @pytest.fixture(scope="module")
 def two_domains() -> dict:
-    """400 source clips around one direction, 6 target clips around another, in a 16-d embedding."""
+    """400 source clips around one direction, 6 target clips around another, in a 16-d embedding; banks
+    on all of them, a calibration on their distances out of fold (two folds, stratified by domain)."""
     rng = np.random.default_rng(1)
     source_centre, target_centre = np.eye(16)[0], np.eye(16)[1]
     train = np.concatenate([_sphere(rng, source_centre, 400, 0.15), _sphere(rng, target_centre, 6, 0.15)])
     domains = np.array(["source"] * 400 + ["target"] * 6)
-    knn = DomainKnn(n_source_centroids=16, seed=0).fit(train, np.array(["00"] * len(train)), domains)
+    sections = np.array(["00"] * len(train))
+    banks = DomainBanks(n_source_centroids=16, seed=0).fit(train, sections, domains)
+    folds = assign_folds(domains, 2, seed=0)
+    raw_oof = np.empty((len(train), 2))
+    for k in (0, 1):
+        raw_oof[folds == k] = banks.held_out(train, sections, domains, folds == k)
+    calibration = DomainCalibration(min_clips_for_sd=5).fit(raw_oof, sections, domains)
     test = {"source": _sphere(rng, source_centre, 200, 0.15), "target": _sphere(rng, target_centre, 200, 0.15),
             "far": _sphere(rng, np.eye(16)[2] + np.eye(16)[3], 50, 0.15)}
-    return {"knn": knn, "test": test}
+    return {"banks": banks, "calibration": calibration, "test": test, "train": train, "folds": folds,
+            "raw_oof": raw_oof}
 
 
 def test_source_bank_is_k_means_centroids_and_every_target_clip_is_kept(two_domains: dict) -> None:
-    knn = two_domains["knn"]
-    assert knn.banks_[("00", "source")].shape == (16, 16)
-    assert knn.banks_[("00", "target")].shape == (6, 16)
-    np.testing.assert_allclose(np.linalg.norm(knn.banks_[("00", "source")], axis=1), 1.0, rtol=1e-5)
+    banks = two_domains["banks"]
+    assert banks.banks_[("00", "source")].shape == (16, 16)
+    assert banks.banks_[("00", "target")].shape == (6, 16)
+    np.testing.assert_allclose(np.linalg.norm(banks.banks_[("00", "source")], axis=1), 1.0, rtol=1e-5)
+    assert banks.banks_[("*", "target")].shape == (6, 16)  # the pooled banks, for sections never trained
+
+
+def test_held_out_distances_come_from_banks_without_those_clips(two_domains: dict) -> None:
+    train, folds, raw_oof = two_domains["train"], two_domains["folds"], two_domains["raw_oof"]
+    target = len(train) - 1  # a target clip
+    others = [i for i in range(400, 406) if folds[i] != folds[target]]
+    expected = min(1 - float(train[target] @ train[j]) for j in others)
+    assert raw_oof[target, 1] == pytest.approx(expected, rel=1e-5)
+    in_sample = two_domains["banks"].distances(train[[target]], np.array(["00"]))
+    assert in_sample[0, 1] == pytest.approx(0.0, abs=1e-5)  # in its own bank it is its own neighbour
+    assert raw_oof[target, 1] > 0.01
 
 
 def test_both_domains_normal_clips_land_on_one_scale(two_domains: dict) -> None:
-    knn, test = two_domains["knn"], two_domains["test"]
-    scores = {name: knn.score(points, np.array(["00"] * len(points))) for name, points in test.items()}
-    # Raw distances to the six target clips are larger than to the sixteen centroids; standardised, the
-    # two domains' normal clips score alike, so one threshold serves both.
-    raw_source = nearest_distance(test["source"], knn.banks_[("00", "source")])
-    raw_target = nearest_distance(test["target"], knn.banks_[("00", "target")])
+    banks, calibration, test = two_domains["banks"], two_domains["calibration"], two_domains["test"]
+    scores = {name: calibration.transform(banks.distances(points, np.array(["00"] * len(points))),
+                                          np.array(["00"] * len(points))) for name, points in test.items()}
+    # Raw distances to the six target clips are larger than to the sixteen centroids; calibrated, the two
+    # domains' normal clips score alike, so one threshold serves both.
+    raw_source = nearest_distance(test["source"], banks.banks_[("00", "source")])
+    raw_target = nearest_distance(test["target"], banks.banks_[("00", "target")])
     assert np.median(raw_target) > 1.2 * np.median(raw_source)
     assert abs(np.median(scores["source"]) - np.median(scores["target"])) < 1.0
     assert scores["far"].min() > max(np.percentile(scores["source"], 99), np.percentile(scores["target"], 99))
@@ -95,13 +118,14 @@ def test_unknown_section_uses_all_training_clips_and_state_round_trips() -> None
     rng = np.random.default_rng(2)
     train = np.concatenate([_sphere(rng, np.eye(8)[0], 30, 0.1), _sphere(rng, np.eye(8)[1], 30, 0.1)])
     sections = np.array(["00"] * 30 + ["01"] * 30)
-    knn = DomainKnn(n_source_centroids=4, folds=3).fit(train, sections, np.array(["source"] * 60))
+    banks = DomainBanks(n_source_centroids=4).fit(train, sections, np.array(["source"] * 60))
     query = _sphere(rng, np.eye(8)[1], 5, 0.1)
-    pooled = knn.score(query, np.array(["07"] * 5))
-    np.testing.assert_allclose(pooled, DomainKnn(4, 3).fit(train, np.array(["x"] * 60), ["source"] * 60).score(
-        query, np.array(["x"] * 5)))
-    state = knn.state()
-    torch.save(state, buffer := __import__("io").BytesIO())
+    pooled = banks.distances(query, np.array(["07"] * 5))
+    assert np.isinf(pooled[:, 1]).all()  # no target bank anywhere
+    np.testing.assert_allclose(pooled, DomainBanks(4).fit(train, np.array(["x"] * 60), ["source"] * 60).distances(
+        query, np.array(["x"] * 5)), rtol=1e-6)
+    torch.save(banks.state(), buffer := __import__("io").BytesIO())
     buffer.seek(0)
-    again = DomainKnn.from_state(torch.load(buffer, weights_only=True))
-    np.testing.assert_array_equal(again.score(query, np.array(["01"] * 5)), knn.score(query, np.array(["01"] * 5)))
+    again = DomainBanks.from_state(torch.load(buffer, weights_only=True))
+    np.testing.assert_array_equal(again.distances(query, np.array(["01"] * 5)),
+                                  banks.distances(query, np.array(["01"] * 5)))

@@ -64,14 +64,21 @@ def test_thresholds_come_from_normal_clips_and_are_saved(gmm_run) -> None:
     run_dir = gmm_run[0]
     thresholds = pd.read_csv(run_dir / "thresholds.csv", dtype={"section": str})
     assert set(thresholds["machine"]) == set(SYNTH_MACHINES)
-    assert (thresholds["fitted_on"] == "held-out normal clips").all()
+    assert thresholds["fitted_on"].str.contains("out-of-fold normal clip scores").all()
+    assert ((thresholds["false_alarm_low"] <= thresholds["expected_false_alarm_rate"])
+            & (thresholds["expected_false_alarm_rate"] <= thresholds["false_alarm_high"])).all()
     detector = load_detector(run_dir / "synth" / "fan" / "model.pt")
-    row = thresholds[(thresholds["machine"] == "fan") & (thresholds["section"] == "00")]
-    assert detector.thresholds_["00"]["value"] == pytest.approx(float(row["threshold"].iloc[0]))
+    oof = pd.read_csv(run_dir / "synth" / "fan" / "oof_scores.csv", dtype={"section": str})
+    assert oof.equals(detector.decision_scores_) and (run_dir / "synth" / "fan" / "oof_scores.png").is_file()
+    row = thresholds[(thresholds["machine"] == "fan") & (thresholds["section"] == "00")
+                     & (thresholds["domain"] == "source")]
+    assert detector.thresholds_["00/source"]["value"] == pytest.approx(float(row["threshold"].iloc[0]))
     # predictions.csv and the official decision file say the same, each clip against the saved threshold
+    # of its section and domain
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"section": str})
     fan = predictions[predictions["machine"] == "fan"].set_index("file_name")
-    assert (fan["threshold"] == detector.thresholds_["00"]["value"]).all()
+    expected = [detector.threshold_for(s, d) for s, d in zip(fan["section"], fan["domain"], strict=True)]
+    np.testing.assert_array_equal(fan["threshold"].to_numpy(), expected)
     official = read_submission_decisions(run_dir / "synth" / "submission" / "decision_result_fan_section_00_test.csv")
     assert official.set_index("file_name")["decision"].equals(fan.loc[official["file_name"], "decision"])
     assert 0 < fan["decision"].sum() < len(fan)
@@ -200,7 +207,7 @@ def test_unlabelled_test_set_gets_scores_without_metrics(synth_set, tmp_path) ->
                                        "--output-dir", str(tmp_path / "run_eval")])
     assert result.exit_code == 0, result.output
     assert "not measurable (test labels unknown)" in result.output
-    assert "false-alarm rate" in result.output
+    assert "expected false alarms" in result.output
     out = tmp_path / "run_eval" / "synth"
     scores = pd.read_csv(out / "submission" / "anomaly_score_fan_section_00_test.csv", header=None)
     assert len(scores) == len(list((raw / "test").glob("*.wav")))

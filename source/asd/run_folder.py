@@ -4,7 +4,8 @@ where each model is. Other modules ask it for paths; none composes or searches o
     output/<run>/
         config.json            the run configuration as the engine built it, plus what was used and done
         config.yaml            the options the run used (`--config` repeats it)
-        thresholds.csv         per machine type x section (and "*" pooled): threshold, false-alarm rate
+        thresholds.csv         per machine type x section (x domain; "*" pooled): threshold, where it was fitted,
+                               out-of-fold score figures, expected false-alarm rate and its interval
         predictions.csv        one row per test clip: dataset, file, machine, section, domain, score, ...
         summary.txt            what the test stage printed
         report.html            the run on one page
@@ -14,7 +15,8 @@ where each model is. Other modules ask it for paths; none composes or searches o
         <dataset>/submission/  the official files (anomaly_score_*.csv, decision_result_*.csv)
         <dataset>/evaluation/  evaluation-set figures (`evaluate`, `test --ground-truth`)
         <dataset>/<machine>/   model.pt, task.json, train.log, loss.png, result.csv, roc.png,
-                               score_histogram.png
+                               score_histogram.png, oof_scores.csv (the normal training clips' out-of-fold
+                               scores, which the thresholds are fitted on)
 """
 
 from __future__ import annotations
@@ -153,6 +155,12 @@ class RunFolder:
     def histogram_png(self, dataset: str, machine: str) -> Path:
         return self.machine_dir(dataset, machine) / "score_histogram.png"
 
+    def oof_scores_csv(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "oof_scores.csv"
+
+    def oof_png(self, dataset: str, machine: str) -> Path:
+        return self.machine_dir(dataset, machine) / "oof_scores.png"
+
     # --- configuration ---------------------------------------------------------------------------
     def read_config(self) -> dict[str, Any]:
         """config.json as written ({} when there is none)."""
@@ -191,11 +199,24 @@ class RunFolder:
 
         if not self.thresholds_csv.is_file():
             return None
-        table = pd.read_csv(self.thresholds_csv, dtype={"section": str, "note": str, "fitted_on": str})
+        table = pd.read_csv(self.thresholds_csv, dtype={"section": str, "domain": str, "note": str,
+                                                        "fitted_on": str})
         for column in ("note", "fitted_on"):
             if column in table:
                 table[column] = table[column].fillna("")
         return table
+
+    def write_oof_scores(self, dataset: str, machine: str, scores: pd.DataFrame) -> Path:
+        """The out-of-fold scores of a machine type's normal training clips (file_name, section, domain, score)."""
+        path = self.oof_scores_csv(dataset, machine)
+        write_atomically(path, scores.to_csv(index=False))
+        return path
+
+    def read_oof_scores(self, dataset: str, machine: str) -> pd.DataFrame | None:
+        import pandas as pd
+
+        path = self.oof_scores_csv(dataset, machine)
+        return pd.read_csv(path, dtype={"section": str, "domain": str}) if path.is_file() else None
 
     def write_predictions(self, predictions: pd.DataFrame) -> Path:
         """predictions.csv: one row per test clip of every machine type, sorted by dataset, machine, section

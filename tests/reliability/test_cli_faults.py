@@ -73,7 +73,7 @@ def copy_processed(data: dict[str, Path], tmp_path: Path) -> Path:
     (["--model", "resnet"], "--model", "'ae', 'ae-maha', 'embed'"),
     (["--aggregate", "sum"], "--aggregate", "'mean', 'max', 'median', 'p90'"),
     (["--model-option", "colour=red"], "--model-option", "FIELD one of"),
-    (["--model", "embed", "--model-option", "n_networks=0"], "--model-option", "n_networks must be >= 1"),
+    (["--model", "embed", "--model-option", "n_networks=1"], "--model-option", "n_networks must be >= 2"),
     (["--model", "embed", "--model-option", "n_networks=two"], "--model-option", "n_networks=two"),
     (["--model", "gmm", "--members", "gmm,ae"], "--members", "--model ensemble"),
 ])

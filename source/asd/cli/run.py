@@ -59,10 +59,12 @@ def training_options(func):
         click.option("--threads", default=DEFAULT_THREADS, type=click.IntRange(min=0),
                      help="torch threads per training process (0 = every core; more threads than free cores "
                           "slow training down several times on a busy machine)."),
-        click.option("--val-fraction", default=0.1, type=VAL_FRACTION,
-                     help="Share of normal training clips held out (by clip) to fit thresholds, in [0, 1)."),
+        click.option("--val-fraction", default=0.0, type=VAL_FRACTION,
+                     help="Share of normal training clips held out of everything (by clip), in [0, 1): their "
+                          "false-alarm rate at the thresholds is an independent check. Thresholds always come "
+                          "from out-of-fold scores of the training clips."),
         click.option("--aggregate", type=click.Choice(REDUCERS), default="mean",
-                     help="How segment scores become a clip score."),
+                     help="How segment scores become a clip score (models that score segments: ae, ae-maha)."),
         click.option("--threshold-percentile", default=90.0, type=PERCENTILE,
                      help="Percentile of held-out normal scores the threshold sits at, in (0, 100)."),
         click.option("--threshold-method", type=click.Choice(THRESHOLD_METHODS), default="gamma"),

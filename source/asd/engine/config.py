@@ -27,7 +27,7 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # fields of the model's config
     processed_dir: str = "data/processed"
     machines: tuple[str, ...] = ()  # empty: every machine type found
-    val_fraction: float = 0.1  # normal training clips held out (by clip) for thresholds and val loss
+    val_fraction: float = 0.0  # normal clips held out of everything (by clip): an independent false-alarm check
     threshold_method: str = "gamma"
     threshold_percentile: float = 90.0
     fit: FitConfig = field(default_factory=FitConfig)

@@ -53,13 +53,14 @@ def score_paths(detector: Detector, machine: str, paths: list[Path], device: str
             except BadAudio as err:
                 skipped.append((str(path), str(err)))
                 continue
-            try:  # a DCASE name tells the section; any other name uses the threshold pooled over sections
-                section = parse_clip_name(path.name).section
+            try:  # a DCASE name tells the section (and domain); any other name uses the pooled threshold
+                parsed = parse_clip_name(path.name)
+                section, domain = parsed.section, parsed.domain
             except UnparseableName:
-                section = ALL_SECTIONS
+                section, domain = ALL_SECTIONS, "unknown"
             feats = segment_features(clip.samples, config)  # exactly data_prep's features
             writer.add_clips([{"rel_path": str(path), "file_name": path.name, "machine": machine,
-                               "section": section, "domain": "unknown", "split": "score",
+                               "section": section, "domain": domain, "split": "score",
                                "label": "unknown", "attributes": "", "n_samples": len(clip.samples),
                                "original_sample_rate": clip.original_sample_rate,
                                "original_channels": clip.original_channels, "notes": "; ".join(clip.notes)}],
@@ -73,6 +74,7 @@ def score_paths(detector: Detector, machine: str, paths: list[Path], device: str
         clips = shard.clips.loc[scores.index]
         shard.close()
     table = pd.DataFrame({"file": clips["rel_path"].to_numpy(), "section": clips["section"].to_numpy(),
-                          "score": scores.to_numpy()})
-    table["threshold"], table["decision"] = detector.decisions(table["score"].to_numpy(), table["section"].to_numpy())
+                          "domain": clips["domain"].to_numpy(), "score": scores.to_numpy()})
+    table["threshold"], table["decision"] = detector.decisions(table["score"].to_numpy(), table["section"].to_numpy(),
+                                                               table["domain"].to_numpy())
     return table, skipped

@@ -258,6 +258,21 @@ def _needs_training(plan: _Plan, machine: MachineData) -> bool:
     return record is None or record.get("config") != plan.config.to_dict()
 
 
+def threshold_line(row: dict) -> str:
+    """One threshold row as `main` prints it: the out-of-fold scores of the normal clips it applies to, the
+    threshold and where it was fitted, and the false-alarm rate to expect, with its 95 % interval."""
+    key = "all sections" if row["section"] == "*" else (
+        f"section {row['section']}" + ("" if row["domain"] == "*" else f" {row['domain']}"))
+    expected = row.get("expected_false_alarm_rate", float("nan"))
+    text = (f"{key:<22} {row['n_normal_clips']:>5} normal clips, out-of-fold scores median "
+            f"{row.get('oof_median', float('nan')):.3g}, 90th pct {row.get('oof_p90', float('nan')):.3g}; "
+            f"threshold {row['threshold']:.4g}; expected false alarms {expected:.1%} "
+            f"[{row.get('false_alarm_low', float('nan')):.0%}, {row.get('false_alarm_high', float('nan')):.0%}]")
+    if row.get("n_held_out"):
+        text += f"; on {row['n_held_out']} held-out clips {row['held_out_false_alarm_rate']:.1%}"
+    return text
+
+
 def _run_tasks(plans: list[_Plan], tasks: list[MachineTask], executor) -> None:
     """Run the tasks; record each result in its plan and print one line per machine type as it ends."""
     by_folder = {plan.folder.path: plan for plan in plans}
@@ -271,12 +286,9 @@ def _run_tasks(plans: list[_Plan], tasks: list[MachineTask], executor) -> None:
         plan.outcome.done.append(key)
         where = f" on {result.host}" if getattr(executor, "remote", False) else ""
         resumed = " (model already saved)" if result.resumed else ""
-        line = f"  {key + plan.label:<40} {result.seconds:6.1f} s{where}{resumed}"
-        if result.rows:
-            pooled = result.rows[-1]
-            line += (f"   threshold {pooled['threshold']:.4g}  false alarms on held-out normals "
-                     f"{pooled['false_alarm_rate']:.1%} (cross-fitted)")
-        click.echo(line)
+        click.echo(f"  {key + plan.label:<40} {result.seconds:6.1f} s{where}{resumed}")
+        for row in result.rows or []:
+            click.echo("    " + threshold_line(row))
     for plan in plans:
         plan.outcome.done.sort()
 

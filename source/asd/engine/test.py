@@ -37,8 +37,8 @@ def score_shards(detector: Detector, machine: MachineData, device: str = "auto")
         }))
         shard.close()
     predictions = pd.concat(frames, ignore_index=True)
-    predictions["threshold"], predictions["decision"] = detector.decisions(predictions["score"].to_numpy(),
-                                                                            predictions["section"].to_numpy())
+    predictions["threshold"], predictions["decision"] = detector.decisions(
+        predictions["score"].to_numpy(), predictions["section"].to_numpy(), predictions["domain"].to_numpy())
     predictions.insert(0, "dataset", machine.dataset)
     return predictions, rules_for_files(predictions["file_name"].tolist(), split_folders)
 

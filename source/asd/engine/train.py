@@ -1,5 +1,5 @@
-"""Training one machine type: its normal clips split by clip, the model fitted, thresholds fitted on the
-scores of held-out normal clips, the checkpoint saved. Paths come from the run folder.
+"""Training one machine type: the model fitted on its normal clips, thresholds fitted on their out-of-fold
+scores (calibrated by the model), the checkpoint saved. Paths come from the run folder.
 
 Models that learn one network for all machine types of a dataset (`embed` with `scope="dataset"`) get it
 from `fit_shared`, trained once per dataset before the machine types.
@@ -13,14 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from asd.cache.reading import split_train_validation
 from asd.cache.shard import Shard
 from asd.cache.store import MachineData
 from asd.engine.config import RunConfig
 from asd.errors import PREP_COMMAND, BadState
-from asd.evaluation.thresholds import cross_fitted_false_alarm_rate, fit_threshold
-from asd.models.base import ALL_SECTIONS, Detector
+from asd.evaluation.thresholds import fit_threshold_table
+from asd.models.base import ALL_SECTIONS, Detector, threshold_key
 from asd.models.checkpoint import save_detector
 from asd.run_folder import RunFolder
 
@@ -38,29 +39,41 @@ def _log_file(path: Path) -> Iterator[Callable[[str], None]]:
 
 
 def normal_split(shard: Shard, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The training and held-out clips of a training shard (never an anomaly: training data is normal)."""
+    """The training clips of a training shard and those held out of everything (`--val-fraction`, by clip,
+    stratified by section x domain; none by default): never an anomaly, training data is normal."""
     clips = shard.clips
     return split_train_validation(clips[clips["label"] != "anomaly"], config.val_fraction, config.fit.seed)
 
 
-def fit_thresholds(detector: Detector, shard: Shard, val_clips: np.ndarray, train_clips: np.ndarray,
-                   config: RunConfig) -> list[dict]:
-    """Per-section thresholds (plus one pooled over sections) from held-out normal clip scores."""
-    source_clips, source = (val_clips, "held-out normal clips") if len(val_clips) else \
-        (train_clips, "training clips (no clips held out: --val-fraction 0)")
-    scores = detector.score_clips(shard, source_clips, config.fit.aggregate, config.fit.device)
-    sections = shard.clips["section"].to_numpy()[scores.index.to_numpy()]
-    rows = []
-    for section in [*sorted(set(sections)), ALL_SECTIONS]:
-        normal = scores.to_numpy() if section == ALL_SECTIONS else scores.to_numpy()[sections == section]
-        fit = fit_threshold(normal, method=config.threshold_method, percentile=config.threshold_percentile)
-        detector.thresholds_[section] = fit.to_dict()
-        rows.append({"section": section, "threshold": fit.value, "method": fit.method,
-                     "percentile": fit.percentile, "n_normal_clips": fit.n_scores, "fitted_on": source,
-                     "false_alarm_rate": cross_fitted_false_alarm_rate(
-                         normal, config.threshold_method, config.threshold_percentile, config.fit.seed),
-                     "note": fit.note})
+def fit_thresholds(detector: Detector, config: RunConfig) -> list[dict]:
+    """Thresholds per section, per section x domain and pooled (`"*"`), from the detector's out-of-fold
+    scores of its normal training clips (`decision_scores_`); stored on the detector, returned as rows."""
+    scores = detector.decision_scores_
+    rows = fit_threshold_table(scores["score"].to_numpy(), scores["section"].to_numpy(),
+                               scores["domain"].to_numpy(), config.threshold_method, config.threshold_percentile,
+                               seed=config.fit.seed)
+    detector.thresholds_ = {threshold_key(r["section"], r["domain"]): r.pop("fit") for r in rows}
     return rows
+
+
+def held_out_check(detector: Detector, shard: Shard, held_out: np.ndarray, rows: list[dict],
+                   config: RunConfig) -> None:
+    """With `--val-fraction`: the false-alarm rate of the thresholds on normal clips held out of
+    everything (fitting, calibration, thresholds), added to each threshold row it applies to."""
+    if not len(held_out):
+        return
+    scores = detector.score_clips(shard, held_out, config.fit.device)
+    table = shard.clips.loc[scores.index]
+    sections, domains = table["section"].to_numpy().astype(str), table["domain"].to_numpy().astype(str)
+    _, decided = detector.decisions(scores.to_numpy(), sections, domains)
+    for row in rows:
+        mine = np.ones(len(decided), bool)
+        if row["section"] != ALL_SECTIONS:
+            mine &= sections == row["section"]
+        if row["domain"] != ALL_SECTIONS:
+            mine &= np.where(domains == "target", "target", "source") == row["domain"]
+        row["n_held_out"] = int(mine.sum())
+        row["held_out_false_alarm_rate"] = float(decided[mine].mean()) if mine.any() else float("nan")
 
 
 def shared_groups(machines: list[MachineData], config: RunConfig) -> dict[str, list[MachineData]]:
@@ -78,11 +91,12 @@ def shared_groups(machines: list[MachineData], config: RunConfig) -> dict[str, l
 
 
 def fit_shared(dataset: str, group: list[MachineData], config: RunConfig, folder: RunFolder) -> object:
-    """What the model learns once from every machine type of `group` (one dataset). Each machine type's own
-    split is used, so its held-out clips stay unseen. Logged to `<run>/<dataset>/shared_train.log`."""
+    """What the model learns once from every machine type of `group` (one dataset), from each machine type's
+    training clips (clips held out with `--val-fraction` stay unseen). Logged to
+    `<run>/<dataset>/shared_train.log`."""
     detector = config.make_detector()
     shards = [Shard(machine.train) for machine in group]
-    parts = [(machine.machine, shard, *normal_split(shard, config))
+    parts = [(machine.machine, shard, normal_split(shard, config)[0])
              for machine, shard in zip(group, shards, strict=True)]
     with _log_file(folder.shared_train_log(dataset)) as log:
         log(f"{dataset}: model {config.model}, one network for {', '.join(m.machine for m in group)}")
@@ -101,16 +115,18 @@ def fit_machine(machine: MachineData, config: RunConfig, log: Callable[[str], No
         raise BadState(f"{machine.key}: no train.h5 shard (no training clips); put normal clips in "
                        f"{machine.machine}/train/ and rerun `{PREP_COMMAND}`")
     shard = Shard(machine.train)
-    train_clips, val_clips = normal_split(shard, config)
+    train_clips, held_out = normal_split(shard, config)
     detector = config.make_detector()
     if shared is not None:
         detector.shared_ = shared
     start = time.perf_counter()
-    log(f"{machine.key}: model {config.model}, {len(train_clips)} training clips, {len(val_clips)} held out")
-    detector.fit(shard, train_clips, val_clips, config.fit, log=log)
-    rows = fit_thresholds(detector, shard, val_clips, train_clips, config)
+    log(f"{machine.key}: model {config.model}, {len(train_clips)} training clips"
+        + (f", {len(held_out)} held out of everything" if len(held_out) else ""))
+    detector.fit(shard, train_clips, config.fit, log=log)
+    rows = fit_thresholds(detector, config)
+    held_out_check(detector, shard, held_out, rows, config)
     log(f"fitted in {time.perf_counter() - start:.1f} s; thresholds: "
-        + ", ".join(f"{r['section']}={r['threshold']:.5g}" for r in rows))
+        + ", ".join(f"{threshold_key(r['section'], r['domain'])}={r['threshold']:.5g}" for r in rows))
     shard.close()
     return detector, [{"dataset": machine.dataset, "machine": machine.machine, "model": config.model, **r}
                       for r in rows]
@@ -123,8 +139,13 @@ def train_machine(machine: MachineData, config: RunConfig, folder: RunFolder, sh
     with _log_file(folder.train_log(machine.dataset, machine.machine)) as log:
         detector, rows = fit_machine(machine, config, log, shared)
     save_detector(detector, folder.model_path(machine.dataset, machine.machine), config.to_dict())
+    folder.write_oof_scores(machine.dataset, machine.machine, detector.decision_scores_)
+    from asd.reports.plots import plot_loss_curve, plot_out_of_fold_histograms
+
+    plot_out_of_fold_histograms(detector.decision_scores_, pd.DataFrame(rows),
+                                folder.oof_png(machine.dataset, machine.machine),
+                                title=f"{machine.key} ({config.model}): out-of-fold scores of normal clips")
     if detector.history_:
-        from asd.reports.plots import plot_loss_curve
 
         plot_loss_curve(detector.history_, folder.loss_png(machine.dataset, machine.machine),
                         title=f"{machine.key} ({config.model})")

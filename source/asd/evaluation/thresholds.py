@@ -3,7 +3,8 @@
 DCASE Task 2 decides "anomalous" when a clip's score is strictly greater than a threshold. The reference
 baselines fit a gamma distribution (shape, loc and scale all free) to the scores of *normal* clips and take
 the threshold at its 90th percentile. Test labels must never be used here: thresholds come from normal
-training or held-out normal validation clips, split by clip.
+training clips scored out of fold (by models that never saw them), split by clip; `fit_threshold_table`
+fits one per section, and per section and domain, from those scores.
 
 The gamma fit is fragile on awkward inputs (negative scores, constant scores, very few scores, optimiser
 failures), so :func:`fit_threshold` falls back to the empirical percentile and says why in ``note``.
@@ -177,3 +178,70 @@ def cross_fitted_false_alarm_rate(normal_scores: np.ndarray, method: str, percen
         fit = fit_threshold(fit_on, method=method, percentile=percentile)
         rates.append(false_alarm_rate(check_on, fit.value))
     return float(np.mean(rates))
+
+
+POOLED = "*"  # a threshold over every section (or both domains)
+
+
+def wilson_interval(alarms: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion ``alarms / n`` (NaN, NaN without clips)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = alarms / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def fit_threshold_table(scores: np.ndarray, sections: np.ndarray, domains: np.ndarray, method: str = "gamma",
+                        percentile: float = 90.0, min_clips: int = 20, seed: int = 0) -> list[dict]:
+    """Thresholds from the calibrated out-of-fold scores of normal training clips, one row per key.
+
+    Keys: ``"*"`` pooled over sections, every section, and every section x domain its clips have (where
+    the file names carry no domain, "unknown" clips count as source). A key with fewer than ``min_clips``
+    scores takes the threshold of the next broader key (section x domain -> section -> ``"*"``), which the
+    calibration makes comparable, and ``fitted_on`` says so: a gamma fit on ten target clips would mostly
+    measure chance. Each row carries the expected false-alarm rate on normal clips the rule was *not*
+    fitted on (the clips split in two halves: fitted on one, counted on the other, both ways) and its 95 %
+    Wilson interval.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    sections = np.asarray(sections).astype(str)
+    domains = np.where(np.asarray(domains).astype(str) == "target", "target", "source")
+    halves = np.random.default_rng(seed).permutation(len(scores)) % 2
+
+    def members(section: str, domain: str) -> np.ndarray:
+        return ((sections == section) if section != POOLED else np.ones(len(scores), bool)) & \
+            ((domains == domain) if domain != POOLED else True)
+
+    keys = [(POOLED, POOLED)]
+    for section in sorted(set(sections.tolist())):
+        keys.append((section, POOLED))
+        keys += [(section, d) for d in ("source", "target") if members(section, d).any()]
+    rows = []
+    for section, domain in keys:
+        source = (section, domain)
+        while members(*source).sum() < min_clips and source != (POOLED, POOLED):
+            source = (source[0], POOLED) if source[1] != POOLED else (POOLED, POOLED)
+        pool, mine = members(*source), members(section, domain)
+        fit = fit_threshold(scores[pool], method=method, percentile=percentile)
+        alarms = counted = 0
+        for half in (0, 1):
+            fit_on, count_on = pool & (halves != half), mine & (halves == half)
+            if np.isfinite(scores[fit_on]).sum() >= 2 and count_on.any():
+                value = fit_threshold(scores[fit_on], method=method, percentile=percentile).value
+                alarms += int(np.sum(scores[count_on] > value))
+                counted += int(count_on.sum())
+        low, high = wilson_interval(alarms, counted)
+        whose = ("its own" if source == (section, domain) else
+                 "its section's" if source[0] == section else "every section's")
+        own = scores[mine][np.isfinite(scores[mine])]
+        rows.append({"section": section, "domain": domain, "threshold": fit.value, "method": fit.method,
+                     "percentile": fit.percentile, "n_normal_clips": int(mine.sum()),
+                     "oof_median": float(np.median(own)) if len(own) else float("nan"),
+                     "oof_p90": float(np.percentile(own, 90)) if len(own) else float("nan"),
+                     "fitted_on": f"{whose} {int(pool.sum())} out-of-fold normal clip scores",
+                     "expected_false_alarm_rate": alarms / counted if counted else float("nan"),
+                     "false_alarm_low": low, "false_alarm_high": high, "note": fit.note,
+                     "fit": fit.to_dict()})
+    return rows

@@ -1,9 +1,12 @@
-"""The detector interface every model implements: fit, clip scores, the decision rule.
+"""The detector interface every model implements: fit, calibrated clip scores, the decision rule.
 
-In the spirit of scikit-learn / pyod: `fit` learns from normal training clips of a shard, `score_segments`
-returns one anomaly score per segment (higher = more anomalous), `score_clips` reduces them per clip with
-the model's own reducer, and `decisions` applies the thresholds the engine fitted (`score > threshold`, the
-section's or the one pooled over sections). Fitted state ends with an underscore. Saving and loading live in
+In the spirit of scikit-learn / pyod: `fit` learns from the normal training clips of a shard and leaves
+`decision_scores_`, the score of every training clip *out of fold* (by models that never saw it); the clip
+score is the primitive (`score_clips`, higher = more anomalous); `decisions` applies the thresholds the
+engine fitted on `decision_scores_` (`score > threshold`: the clip's section and domain, else its section,
+else the one pooled over sections). Every model calibrates its scores by construction
+(:mod:`asd.models.calibration`): a normal clip scores about the same in every section and domain, so one
+rule serves them all. Fitted state ends with an underscore. Saving and loading live in
 `asd.models.checkpoint`; scoring a shard with another feature fingerprint is refused.
 """
 
@@ -19,10 +22,9 @@ import torch
 
 from asd.cache.shard import Shard
 from asd.errors import AsdError
+from asd.models.calibration import ALL_SECTIONS
 from asd.models.device import resolve_device, seed_everything
 from asd.models.registry import DEFAULT_THREADS, REDUCERS
-
-ALL_SECTIONS = "*"  # the threshold pooled over all sections: for clips whose section was never trained
 
 
 class FingerprintMismatch(AsdError):
@@ -40,7 +42,7 @@ class FitConfig:
     epochs: int | None = None  # exactly this many epochs; None: stop early (below), at most max_epochs
     seed: int = 0
     device: str = "auto"
-    aggregate: str = "mean"  # segment scores -> clip score; the thresholds are fitted on these clip scores
+    aggregate: str = "mean"  # segment scores -> clip score (models that score segments: the autoencoders)
     # Early stopping (models that support it; `epochs` switches it off): stop when the held-out loss
     # has not improved by `min_delta` (relative) for `patience` epochs, keep the best epoch's weights.
     max_epochs: int | None = None  # cap; None: the model's default epoch count
@@ -103,16 +105,9 @@ def aggregate_clip_scores(segment_scores: np.ndarray, clip_of_segment: np.ndarra
     return getattr(grouped, reducer)()
 
 
-def reduce_selective(segment_scores: np.ndarray, clip_of_segment: np.ndarray, reducer: str = "mean") -> pd.Series:
-    """Clip scores from `[n]` segment scores, or from `[n, k]` per-domain columns: each column reduced per
-    clip with `reducer`, then the minimum over the columns (index = clip index)."""
-    if segment_scores.ndim == 1:
-        return aggregate_clip_scores(segment_scores, clip_of_segment, reducer)
-    if segment_scores.ndim != 2 or segment_scores.shape[1] == 0:
-        raise ValueError(f"segment scores must be [n] or [n, k], got shape {segment_scores.shape}")
-    columns = [aggregate_clip_scores(segment_scores[:, j], clip_of_segment, reducer)
-               for j in range(segment_scores.shape[1])]
-    return pd.concat(columns, axis=1).min(axis=1)
+def threshold_key(section: str, domain: str | None = None) -> str:
+    """The key of a threshold: `"00"` (a section), `"00/target"` (a section and domain), `"*"` (pooled)."""
+    return str(section) if domain in (None, "", ALL_SECTIONS) else f"{section}/{domain}"
 
 
 class Detector(ABC):
@@ -127,20 +122,21 @@ class Detector(ABC):
         self.config = config
         self.fingerprint_: str | None = None
         self.feature_config_: dict | None = None
-        self.thresholds_: dict[str, dict] = {}
+        self.thresholds_: dict[str, dict] = {}  # fitted by the engine from decision_scores_
         self.history_: list[dict] = []
         self.fit_config_: FitConfig | None = None
+        self.decision_scores_: pd.DataFrame | None = None  # file_name, section, domain, score (out of fold)
 
     # --- what a model implements -------------------------------------------------------------------
     @abstractmethod
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
-             device: torch.device, log) -> None:
-        """Learn from the normal clips `train_clips` of `shard` (validation clips only for monitoring)."""
+    def _fit(self, shard: Shard, train_clips: np.ndarray, fit_config: FitConfig, device: torch.device,
+             log) -> np.ndarray:
+        """Learn from the normal clips `train_clips` (sorted) of `shard`; return each of those clips'
+        calibrated score *out of fold*: computed by models (or references) that never saw that clip."""
 
     @abstractmethod
-    def _score_rows(self, shard: Shard, rows: np.ndarray, device: torch.device) -> np.ndarray:
-        """One score per segment row (sorted rows in, same order out): `[n]`, or `[n, k]` with one column
-        per reference domain, which `score_clips` reduces per clip before taking the minimum over columns."""
+    def _score(self, shard: Shard, clip_indices: np.ndarray, device: torch.device) -> np.ndarray:
+        """Calibrated anomaly score of each clip of the sorted `clip_indices` (same order)."""
 
     @abstractmethod
     def _state(self) -> dict[str, Any]:
@@ -151,15 +147,21 @@ class Detector(ABC):
         """Inverse of `_state`."""
 
     # --- shared behaviour --------------------------------------------------------------------------
-    def fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
-            log=print) -> Detector:
-        """Fit on a training shard's normal clips; records the shard's feature fingerprint and the fit
-        settings (among them the reducer that turns segment scores into clip scores)."""
+    def fit(self, shard: Shard, train_clips: np.ndarray, fit_config: FitConfig, log=print) -> Detector:
+        """Fit on a training shard's normal clips; records the shard's feature fingerprint, the fit
+        settings and `decision_scores_` (the clips' out-of-fold scores, which the thresholds are fitted on)."""
         seed_everything(fit_config.seed)
+        train_clips = np.sort(np.asarray(train_clips, dtype=np.int64))
+        if not len(train_clips):
+            raise ValueError("no training clips to fit on")
         self.fingerprint_ = shard.fingerprint
         self.feature_config_ = shard.feature_config.to_dict()
         self.fit_config_ = fit_config
-        self._fit(shard, train_clips, val_clips, fit_config, resolve_device(fit_config.device), log)
+        scores = self._fit(shard, train_clips, fit_config, resolve_device(fit_config.device), log)
+        table = shard.clips.loc[train_clips]
+        self.decision_scores_ = pd.DataFrame({
+            "file_name": table["file_name"].to_numpy(), "section": table["section"].to_numpy().astype(str),
+            "domain": table["domain"].to_numpy().astype(str), "score": np.asarray(scores, dtype=np.float64)})
         return self
 
     def applicable_fit_settings(self) -> tuple[str, ...]:
@@ -169,8 +171,8 @@ class Detector(ABC):
 
     @property
     def reducer(self) -> str:
-        """How this model's segment scores become clip scores: fixed at fit, since the thresholds were fitted
-        on clip scores made this way."""
+        """How this model's segment scores become clip scores (models that score segments): fixed at fit,
+        since the calibration and the thresholds were fitted on clip scores made this way."""
         return self.fit_config_.aggregate if self.fit_config_ is not None else FitConfig.aggregate
 
     def check_fingerprint(self, shard: Shard) -> None:
@@ -184,38 +186,27 @@ class Detector(ABC):
             )
 
     @torch.no_grad()
-    def score_segments(self, shard: Shard, rows: np.ndarray, device: str = "auto") -> np.ndarray:
-        """Anomaly score of every segment row of `shard` (higher = more anomalous): `[n]`, or `[n, k]`
-        per-domain columns (see `_score_rows`)."""
+    def score_clips(self, shard: Shard, clip_indices: np.ndarray | None = None, device: str = "auto") -> pd.Series:
+        """Calibrated anomaly score per clip (index = clip index; higher = more anomalous)."""
         self.check_fingerprint(shard)
-        return self._score_rows(shard, np.sort(rows), resolve_device(device))
+        clip_indices = shard.clips.index.to_numpy() if clip_indices is None else np.sort(clip_indices)
+        scores = self._score(shard, np.asarray(clip_indices, dtype=np.int64), resolve_device(device))
+        return pd.Series(np.asarray(scores, dtype=np.float64), index=clip_indices)
 
-    def score_clips(self, shard: Shard, clip_indices: np.ndarray | None = None, reducer: str | None = None,
-                    device: str = "auto") -> pd.Series:
-        """Anomaly score per clip (index = clip index), segment scores reduced with `reducer` (default: the
-        model's own, `self.reducer`, which the thresholds were fitted with).
+    def threshold_for(self, section: str, domain: str | None = None) -> float:
+        """The decision threshold of a clip: its section and domain's, else its section's, else the one
+        pooled over sections (`"*"`: a section never trained, or a name that tells none)."""
+        for key in (threshold_key(section, domain), threshold_key(section), ALL_SECTIONS):
+            if key in self.thresholds_:
+                return float(self.thresholds_[key]["value"])
+        raise RuntimeError("this detector has no thresholds yet (fit_thresholds sets them)")
 
-        Per-domain segment scores `[n, k]` (selective scoring, e.g. the DCASE baseline's selective
-        Mahalanobis) are reduced per clip column by column, then the clip takes the minimum over the
-        domains: the official order, average per domain first and minimum last.
-        """
-        from asd.cache.reading import segment_rows_of
-
-        clips = shard.clips
-        clip_indices = clips.index.to_numpy() if clip_indices is None else np.sort(clip_indices)
-        rows = segment_rows_of(shard, clip_indices)
-        scores = self.score_segments(shard, rows, device)
-        clip_of_row = shard.segments["clip_index"].to_numpy()[rows]
-        return reduce_selective(scores, clip_of_row, reducer or self.reducer)
-
-    def threshold_for(self, section: str) -> float:
-        """The decision threshold of a section: its own, or the one pooled over sections (`"*"`) for a
-        section never trained (or a clip whose name tells none)."""
-        fit = self.thresholds_.get(str(section)) or self.thresholds_[ALL_SECTIONS]
-        return float(fit["value"])
-
-    def decisions(self, scores: np.ndarray, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decisions(self, scores: np.ndarray, sections: np.ndarray, domains: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """(threshold, 0/1 decision) of each clip score: 1 (anomalous) where the score is strictly greater
-        than its section's threshold, the DCASE rule."""
-        thresholds = np.array([self.threshold_for(s) for s in sections], dtype=np.float64)
+        than its threshold, the DCASE rule. `domains` (from the file names; "unknown" for evaluation
+        names) selects a section and domain threshold where one was fitted."""
+        domains = [None] * len(sections) if domains is None else list(domains)
+        thresholds = np.array([self.threshold_for(s, d) for s, d in zip(sections, domains, strict=True)],
+                              dtype=np.float64)
         return thresholds, (np.asarray(scores, dtype=np.float64) > thresholds).astype(np.int64)

@@ -31,6 +31,9 @@ def save_detector(detector: Detector, path: str | Path, run_config: dict[str, An
         "history": detector.history_,
         "fit_config": detector.fit_config_.to_dict() if detector.fit_config_ is not None else None,
         "run_config": run_config, "state": detector._state(),
+        "decision_scores": (None if detector.decision_scores_ is None else
+                            {column: detector.decision_scores_[column].tolist()
+                             for column in detector.decision_scores_.columns}),
     }
     tmp = path.with_name(f".{path.name}.partial")
     torch.save(payload, tmp)
@@ -76,6 +79,10 @@ def detector_from_payload(payload: dict[str, Any]) -> Detector:
     # checkpoints written before the fit settings had their own record kept them as "train_config"
     record = payload.get("fit_config") or payload.get("train_config")
     detector.fit_config_ = FitConfig.from_dict(record) if record is not None else None
+    if payload.get("decision_scores") is not None:
+        import pandas as pd
+
+        detector.decision_scores_ = pd.DataFrame(payload["decision_scores"])
     detector._load_state(payload["state"])
     return detector
 

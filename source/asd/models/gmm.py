@@ -8,16 +8,18 @@ No neural network; a DCASE-size machine type trains and scores in seconds on a C
    clips; its number of components is chosen by BIC (from 1, 2, 4, ... up to ``max_components``, at most
    one component per ``min_clips_per_component`` clips), so a source domain that mixes several operating
    conditions gets several components while the ten target clips get one.
-3. Per ``r``, a clip's raw score is its negative log-likelihood under the *closest* domain of its section
-   (the minimum over domains), so one threshold serves both domains without knowing a test clip's domain.
-4. Combining the poolings without choosing one with test labels: each ``r``'s raw scores are standardised
-   by the mean and standard deviation of *out-of-fold* scores of the normal training clips (k-fold by clip:
-   every training clip is scored by models that never saw it), turned into a surprise
-   ``-log P(Z > z)`` under a standard normal (positive, so the DCASE gamma threshold applies), and the clip's
-   score is the largest surprise over ``r``: a clip is as anomalous as its most anomalous view.
+3. Calibration (:mod:`asd.models.calibration`): per ``r``, a clip's raw scores are its negative
+   log-likelihoods under its section's source and target mixtures. Each domain's are standardised with the
+   out-of-fold figures of that domain's own normal clips: source clips scored by mixtures refitted without
+   their fold (k-fold by clip), target clips by a target mixture refitted without them (leave-one-out;
+   there are ten). The smallest z over the domains is the ``r``'s calibrated score, so a normal clip of
+   either domain lands near zero whatever its domain (which DCASE evaluation names hide).
+4. Combining the poolings without choosing one with test labels: each ``r``'s calibrated score becomes a
+   surprise ``-log P(Z > z)`` under a standard normal (positive, so the DCASE gamma threshold applies), and
+   the clip's score is the largest surprise over ``r``: a clip is as anomalous as its most anomalous view.
 
 Fitted state: ``poolings_``, ``models_`` (one :class:`DiagonalGmm` per r x section x domain) and
-``standardisation_`` (out-of-fold mean and sd per r x section, plus ``"*"`` pooled over sections).
+``calibrations_`` (one :class:`~asd.models.calibration.DomainCalibration` per r).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import torch
 
 from asd.cache.reading import segment_rows_of
 from asd.cache.shard import Shard
-from asd.models.base import ALL_SECTIONS, Detector, FitConfig
+from asd.dataset.layout import DOMAINS
+from asd.models.base import Detector, FitConfig
+from asd.models.calibration import DomainCalibration, domain_column
 from asd.models.pooling import pooled_features
 
 
@@ -47,7 +51,8 @@ class GmmDetectorConfig:
     # Each component's variances are shrunk towards the section's pooled per-band variance as if this many
     # extra clips had shown it: a 3-clip target domain cannot estimate 128 variances on its own.
     prior_clips: float = 4.0
-    folds: int = 5  # out-of-fold scoring of the training clips, for the standardisation
+    folds: int = 5  # out-of-fold scoring of the source clips, for the calibration (target: leave-one-out)
+    min_clips_for_sd: int = 20  # a domain with fewer out-of-fold scores borrows its section's largest spread
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "poolings", tuple(float(r) for r in self.poolings))
@@ -111,14 +116,16 @@ class DiagonalGmm:
 
 
 def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray, cfg: GmmDetectorConfig,
-                seed: int, components: dict[tuple[str, str], int] | None = None
+                seed: int, components: dict[tuple[str, str], int] | None = None, prior: np.ndarray | None = None
                 ) -> dict[tuple[str, str], DiagonalGmm]:
     """One mixture per section x domain of ``features [n, d]`` (groups with fewer than 2 clips skipped).
     ``components`` fixes a group's number of components (the out-of-fold refits reuse the full fit's
-    choice instead of searching again)."""
+    choice instead of searching again); ``prior`` replaces the section's pooled per-band variance that the
+    variances are shrunk towards (a refit of one domain alone keeps the full fit's prior)."""
     models = {}
+    given_prior = prior
     for section in np.unique(sections):
-        prior = features[sections == section].var(axis=0) + cfg.reg_covar
+        prior = features[sections == section].var(axis=0) + cfg.reg_covar if given_prior is None else given_prior
         for domain in np.unique(domains[sections == section]):
             chosen = (sections == section) & (domains == domain)
             key = (str(section), str(domain))
@@ -134,21 +141,46 @@ def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray,
     return models
 
 
-def _closest_domain_nll(models: dict[tuple[str, str], DiagonalGmm], features: np.ndarray,
-                        sections: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood under the best-fitting domain model of each clip's section (any section's
-    models when the clip's section was never trained)."""
+def domain_nll(models: dict[tuple[str, str], DiagonalGmm], features: np.ndarray, sections: np.ndarray) -> np.ndarray:
+    """Raw scores ``[n, 2]``: negative log-likelihood under the source and the target mixture of each clip's
+    section (``inf`` where it has none); a section never trained is compared with every section's mixtures."""
     trained = {section for section, _ in models}
-    scores = np.full(len(features), np.inf)
-    for (section, _), model in models.items():
-        applies = (sections == section) | ~np.isin(sections, list(trained))
-        if applies.any():
-            scores[applies] = np.minimum(scores[applies], -model.log_likelihood(features[applies]))
-    return scores
+    out = np.full((len(features), len(DOMAINS)), np.inf)
+    unseen = ~np.isin(sections, list(trained))
+    for (section, domain), model in models.items():
+        rows = (sections == section) | unseen
+        if rows.any():
+            j = DOMAINS.index(domain)
+            out[rows, j] = np.minimum(out[rows, j], -model.log_likelihood(features[rows]))
+    return out
+
+
+def out_of_fold_nll(features: np.ndarray, sections: np.ndarray, domains: np.ndarray, cfg: GmmDetectorConfig,
+                    seed: int, components: dict[tuple[str, str], int]) -> np.ndarray:
+    """Each clip's negative log-likelihood under its own domain's mixture fitted *without it*: source clips
+    by k-fold refits (``cfg.folds``), target clips leave-one-out (their mixture refitted on the section's
+    other target clips; the source mixtures never saw them). NaN where nothing is left to fit on."""
+    out = np.full(len(features), np.nan)
+    source = domains == "source"
+    folds = np.random.default_rng(seed).permutation(len(features)) % cfg.folds
+    for fold in range(cfg.folds):
+        held = source & (folds == fold)
+        if not held.any():
+            continue
+        models = _fit_groups(features[~held], sections[~held], domains[~held], cfg, seed, components)
+        out[held] = domain_nll(models, features[held], sections[held])[:, 0]
+    for clip in np.flatnonzero(~source):
+        rest = (sections == sections[clip]) & ~source
+        rest[clip] = False
+        if rest.sum() >= 2:
+            models = _fit_groups(features[rest], sections[rest], domains[rest], cfg, seed, components,
+                                 prior=features[sections == sections[clip]].var(axis=0) + cfg.reg_covar)
+            out[clip] = domain_nll(models, features[clip:clip + 1], sections[clip:clip + 1])[0, 1]
+    return out
 
 
 class GmmDetector(Detector):
-    """Pooled log-mel + Gaussian mixtures per section and domain; see the module docstring."""
+    """Pooled log-mel + Gaussian mixtures per section and domain, calibrated; see the module docstring."""
 
     name = "gmm"
     config_class = GmmDetectorConfig
@@ -158,52 +190,46 @@ class GmmDetector(Detector):
         super().__init__(config)
         self.poolings_: tuple[float, ...] = ()
         self.models_: list[dict[tuple[str, str], DiagonalGmm]] = []  # one dict per pooling
-        self.standardisation_: list[dict[str, tuple[float, float]]] = []  # per pooling: section -> (mean, sd)
+        self.calibrations_: list[DomainCalibration] = []  # one per pooling
 
     # --- fitting -----------------------------------------------------------------------------------
-    def _fit(self, shard: Shard, train_clips: np.ndarray, val_clips: np.ndarray, fit_config: FitConfig,
-             device: torch.device, log) -> None:
+    def _fit(self, shard: Shard, train_clips: np.ndarray, fit_config: FitConfig, device: torch.device,
+             log) -> np.ndarray:
         cfg = self.config
         clips, features = pooled_features(shard, segment_rows_of(shard, train_clips), cfg.poolings)
         sections = shard.clips["section"].to_numpy().astype(str)[clips]
-        domains = shard.clips["domain"].to_numpy().astype(str)[clips]
-        folds = np.random.default_rng(fit_config.seed).permutation(len(clips)) % cfg.folds
+        domains = np.asarray(DOMAINS)[domain_column(shard.clips["domain"].to_numpy()[clips])]
         self.poolings_ = cfg.poolings
-        self.models_, self.standardisation_ = [], []
+        self.models_, self.calibrations_, calibrated = [], [], []
         for i, r in enumerate(cfg.poolings):
             x = features[:, i]
             models = _fit_groups(x, sections, domains, cfg, fit_config.seed)
-            out_of_fold = np.full(len(clips), np.nan)
-            for fold in range(cfg.folds):
-                held = folds == fold
-                fold_models = _fit_groups(x[~held], sections[~held], domains[~held], cfg, fit_config.seed,
-                                          {key: m.n_components for key, m in models.items()})
-                if held.any() and fold_models:
-                    out_of_fold[held] = _closest_domain_nll(fold_models, x[held], sections[held])
+            raw = domain_nll(models, x, sections)  # the other domain's mixture never saw the clip
+            own = domain_column(domains)
+            raw[np.arange(len(raw)), own] = out_of_fold_nll(x, sections, domains, cfg, fit_config.seed,
+                                                            {key: m.n_components for key, m in models.items()})
+            raw[np.isnan(raw)] = np.inf  # a domain of one clip: nothing to compare it with
+            calibration = DomainCalibration(cfg.min_clips_for_sd).fit(raw, sections, domains)
             self.models_.append(models)
-            self.standardisation_.append(_standardisation(out_of_fold, sections))
+            self.calibrations_.append(calibration)
+            calibrated.append(calibration.transform(raw, sections))
             log(f"r={r:g}: components " + ", ".join(f"{s}/{d}={m.n_components}" for (s, d), m in models.items())
-                + "; out-of-fold NLL " + ", ".join(f"{s}: {m:.1f} ± {sd:.1f}"
-                                                   for s, (m, sd) in self.standardisation_[-1].items()))
+                + "; out-of-fold NLL " + ", ".join(f"{s}/{d}: {m:.1f} ± {sd:.1f} (n={n})"
+                                                   for (s, d), (m, sd, n) in calibration.stats_.items()))
+        return _largest_surprise(calibrated)
 
     # --- scoring -----------------------------------------------------------------------------------
     def score_features(self, features: np.ndarray, sections: np.ndarray) -> np.ndarray:
         """Anomaly score of clips from their pooled features ``[n, len(poolings), n_mels]``."""
-        surprises = []
-        for i, models in enumerate(self.models_):
-            nll = _closest_domain_nll(models, features[:, i], sections)
-            stats = self.standardisation_[i]
-            mean, sd = np.array([stats.get(s, stats[ALL_SECTIONS]) for s in sections]).reshape(-1, 2).T
-            surprises.append(-scipy.stats.norm.logsf((nll - mean) / sd))
-        return np.max(np.stack(surprises), axis=0)
+        sections = np.asarray(sections).astype(str)
+        return _largest_surprise([calibration.transform(domain_nll(models, features[:, i], sections), sections)
+                                  for i, (models, calibration) in enumerate(zip(self.models_, self.calibrations_,
+                                                                                strict=True))])
 
-    def _score_rows(self, shard: Shard, rows: np.ndarray, device: torch.device) -> np.ndarray:
-        # A clip-level model: every segment gets its clip's score, so any reducer returns the clip score.
-        clips, features = pooled_features(shard, rows, self.poolings_)
+    def _score(self, shard: Shard, clip_indices: np.ndarray, device: torch.device) -> np.ndarray:
+        clips, features = pooled_features(shard, segment_rows_of(shard, clip_indices), self.poolings_)
         sections = shard.clips["section"].to_numpy().astype(str)[clips]
-        clip_scores = dict(zip(clips.tolist(), self.score_features(features, sections), strict=True))
-        clip_of_row = shard.segments["clip_index"].to_numpy()[rows]
-        return np.array([clip_scores[c] for c in clip_of_row])
+        return self.score_features(features, sections)
 
     # --- checkpoint --------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -211,28 +237,16 @@ class GmmDetector(Detector):
             "poolings": list(self.poolings_),
             "models": [[{"section": s, "domain": d, **m.state()} for (s, d), m in models.items()]
                        for models in self.models_],
-            "standardisation": [{s: [float(v) for v in ms] for s, ms in stats.items()}
-                                for stats in self.standardisation_],
+            "calibrations": [calibration.state() for calibration in self.calibrations_],
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.poolings_ = tuple(float(r) for r in state["poolings"])
         self.models_ = [{(g["section"], g["domain"]): DiagonalGmm.from_state(g) for g in groups}
                         for groups in state["models"]]
-        self.standardisation_ = [{s: (ms[0], ms[1]) for s, ms in stats.items()} for stats in state["standardisation"]]
+        self.calibrations_ = [DomainCalibration.from_state(c) for c in state["calibrations"]]
 
 
-def _standardisation(out_of_fold: np.ndarray, sections: np.ndarray, min_clips: int = 4) -> dict[str, tuple]:
-    """Mean and sd of out-of-fold scores per section (sections with too few clips use the pooled ones)."""
-    def stats(values: np.ndarray) -> tuple[float, float]:
-        values = values[np.isfinite(values)]
-        if len(values) < 2:
-            return 0.0, 1.0
-        return float(values.mean()), float(max(values.std(ddof=1), 1e-6))
-
-    out = {ALL_SECTIONS: stats(out_of_fold)}
-    for section in np.unique(sections):
-        values = out_of_fold[sections == section]
-        if np.isfinite(values).sum() >= min_clips:
-            out[str(section)] = stats(values)
-    return out
+def _largest_surprise(calibrated: list[np.ndarray]) -> np.ndarray:
+    """The largest surprise ``-log P(Z > z)`` over the poolings' calibrated scores (each ``[n]``)."""
+    return np.max(-scipy.stats.norm.logsf(np.stack(calibrated)), axis=0)

@@ -102,6 +102,35 @@ def plot_score_histograms(predictions: pd.DataFrame, path: str | Path, bins: int
     return _save(fig, path)
 
 
+def plot_out_of_fold_histograms(scores: pd.DataFrame, thresholds: pd.DataFrame | None, path: str | Path,
+                                bins: int = 30, title: str | None = None) -> Path | None:
+    """Histograms of the out-of-fold scores of the normal training clips, one panel per section, one colour
+    per domain, with the thresholds that apply there drawn as vertical lines (no test label is used).
+    Returns None when there is no finite score."""
+    df = scores[np.isfinite(scores["score"].to_numpy(np.float64))]
+    if df.empty:
+        return None
+    sections = sorted(df["section"].astype(str).unique())
+    fig = Figure(figsize=(4.2 * min(len(sections), 3), 3.4 * ((len(sections) + 2) // 3)))
+    edges = np.histogram_bin_edges(df["score"].to_numpy(np.float64), bins=bins)
+    for i, section in enumerate(sections):
+        ax = fig.add_subplot((len(sections) + 2) // 3, min(len(sections), 3), i + 1)
+        part = df[df["section"].astype(str) == section]
+        for domain, rows in part.groupby("domain", sort=True):
+            ax.hist(rows["score"].to_numpy(np.float64), bins=edges, alpha=0.5, histtype="stepfilled",
+                    label=f"{domain} (n={len(rows)})")
+        if thresholds is not None and len(thresholds):
+            mine = thresholds[thresholds["section"].astype(str) == section]
+            for row, style in zip(mine.itertuples(index=False), ("-", "--", ":"), strict=False):
+                ax.axvline(row.threshold, color="black", linestyle=style, linewidth=1,
+                           label=f"threshold {row.domain}")
+        ax.set(xlabel="out-of-fold score", ylabel="normal clips", title=f"section {section}")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(title or _machine_title(df, "out-of-fold scores of normal training clips"), fontsize="medium")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _loss_series(history: object) -> dict[str, list[float]]:
     """Normalise the accepted history shapes to {series name: values per epoch}."""
     if isinstance(history, Mapping):

@@ -63,7 +63,7 @@ def _most_wrong(predictions: pd.DataFrame, k: int) -> list[tuple[str, pd.DataFra
 def _machine_section(folder: RunFolder, dataset: str, machine: str, predictions: pd.DataFrame,
                      processed_dir: str, budget: MediaBudget, k: int, seconds: float) -> str:
     plots = (folder.roc_png(dataset, machine), folder.histogram_png(dataset, machine),
-             folder.loss_png(dataset, machine))
+             folder.oof_png(dataset, machine), folder.loss_png(dataset, machine))
     images = "".join(budget.file_img(path, f"{machine} {path.name}", "plot") for path in plots)
     parts = [f"<div class='grid'>{images}</div>"]
     shards = _test_shards(processed_dir, dataset, machine)
@@ -108,10 +108,14 @@ def write_run_report(run: RunFolder | Path, examples: int = 3, audio_seconds: fl
                          + table(summary, f"summary-{slug(dataset)}", 4)))
     thresholds = folder.read_thresholds()
     if thresholds is not None:
-        sections.append(("Thresholds and false alarms",
-                         "<p>Per machine type and section (\"*\": pooled over sections) from held-out normal "
-                         "training clips; the false-alarm rate is cross-fitted (threshold fitted on one half, "
-                         "counted on the other).</p>" + table(thresholds, "thresholds", 4)))
+        sections.append(("Thresholds and expected false alarms",
+                         "<p>Per machine type, section and domain (\"*\": pooled) from the out-of-fold scores "
+                         "of all normal training clips: each clip scored by models that never saw it, so no "
+                         "test label is needed. The expected false-alarm rate is cross-fitted (threshold "
+                         "fitted on one half, counted on the other) with its 95 % Wilson interval; "
+                         "<code>fitted_on</code> names the broader key used where a domain has too few clips. "
+                         "The out-of-fold score distributions are drawn per machine type below "
+                         "(oof_scores.png).</p>" + table(thresholds, "thresholds", 4)))
     for (dataset, machine), part in predictions.groupby(["dataset", "machine"], sort=True):
         sections.append((f"{dataset}/{machine}", _machine_section(
             folder, dataset, machine, part, processed_dir, budget, examples, audio_seconds)))

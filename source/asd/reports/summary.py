@@ -49,11 +49,16 @@ def run_summary(folder: RunFolder, predictions: pd.DataFrame, scores: dict[tuple
                    else "no section has both normal and anomalous test clips")
             lines.append(f"  official score: not measurable ({why}); scores and decisions are written")
         if thresholds is not None:
-            pooled = thresholds[(thresholds["dataset"] == dataset) & (thresholds["section"] == "*")]
-            for row in pooled.itertuples(index=False):
-                lines.append(f"  {row.machine}: false-alarm rate on held-out normal clips {row.false_alarm_rate:.1%} "
-                             f"(n={row.n_normal_clips}, cross-fitted: threshold fitted on one half, counted "
-                             f"on the other; aim {100 - row.percentile:.0f}%)")
+            mine = thresholds[thresholds["dataset"] == dataset]
+            for row in mine.itertuples(index=False):
+                key = "all sections" if row.section == "*" else f"section {row.section}" + (
+                    "" if row.domain == "*" else f" {row.domain}")
+                line = (f"  {row.machine} {key}: threshold {row.threshold:.4g}, expected false alarms "
+                        f"{row.expected_false_alarm_rate:.1%} [{row.false_alarm_low:.0%}, {row.false_alarm_high:.0%}] "
+                        f"(out-of-fold scores of {row.n_normal_clips} normal clips; aim {100 - row.percentile:.0f}%)")
+                if "held_out_false_alarm_rate" in mine and np.isfinite(row.held_out_false_alarm_rate):
+                    line += f"; on {int(row.n_held_out)} held-out clips {row.held_out_false_alarm_rate:.1%}"
+                lines.append(line)
     written = [path.name for path in (folder.predictions_csv, folder.thresholds_csv) if path.is_file()]
     lines += ["", f"outputs in {folder}: {', '.join(written)}, <dataset>/summary.csv, "  # claims only what exists
                   "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png}"]

@@ -1,0 +1,92 @@
+"""Calibration by construction: per-section, per-domain standardisation on out-of-fold scores, the
+combination of fold networks, and thresholds (with their expected false-alarm rate) fitted on the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asd.evaluation.thresholds import fit_threshold_table, wilson_interval
+from asd.models.calibration import ALL_SECTIONS, DomainCalibration
+from asd.models.fold_networks import FoldCalibration, assign_folds
+
+
+def _two_domains(rng: np.random.Generator, n_source: int, n_target: int) -> tuple[np.ndarray, ...]:
+    """Raw scores [n, 2] of one section: source clips near 1 (sd 0.1) in the source column, target clips
+    near 5 (sd 0.1) in the target column; each clip's other column is far off (not its domain)."""
+    source = np.column_stack([rng.normal(1.0, 0.1, n_source), rng.normal(9.0, 0.1, n_source)])
+    target = np.column_stack([rng.normal(9.0, 0.1, n_target), rng.normal(5.0, 0.1, n_target)])
+    domains = np.array(["source"] * n_source + ["target"] * n_target)
+    return np.concatenate([source, target]), np.array(["00"] * (n_source + n_target)), domains
+
+
+def test_each_domain_is_standardised_with_its_own_out_of_fold_figures() -> None:
+    rng = np.random.default_rng(0)
+    raw, sections, domains = _two_domains(rng, 400, 40)
+    calibration = DomainCalibration(min_clips_for_sd=20).fit(raw, sections, domains)
+    mean_s, sd_s, n_s = calibration.stats_[("00", "source")]
+    mean_t, _, n_t = calibration.stats_[("00", "target")]
+    assert (n_s, n_t) == (400, 40) and mean_s == pytest.approx(1.0, abs=0.02) and mean_t == pytest.approx(5.0, abs=0.05)
+    assert sd_s == pytest.approx(0.1, rel=0.15)
+    new, _, new_domains = _two_domains(rng, 1000, 1000)
+    z = calibration.transform(new, np.array(["00"] * 2000))
+    # a normal clip of either domain lands near zero; 10 % of each domain lies above the 90th percentile
+    threshold = np.percentile(z, 90)
+    for domain in ("source", "target"):
+        assert np.median(z[new_domains == domain]) == pytest.approx(0.0, abs=0.15)
+        assert np.mean(z[new_domains == domain] > threshold) == pytest.approx(0.10, abs=0.04)
+    # the smallest z over the domains: a clip far from both is anomalous whatever its domain
+    assert calibration.transform(np.array([[3.0, 7.0]]), np.array(["00"]))[0] > 15
+
+
+def test_few_target_clips_borrow_the_source_spread_and_unknown_sections_use_the_pooled_figures() -> None:
+    rng = np.random.default_rng(1)
+    raw, sections, domains = _two_domains(rng, 200, 6)
+    calibration = DomainCalibration(min_clips_for_sd=20).fit(raw, sections, domains)
+    _, sd_s, _ = calibration.stats_[("00", "source")]
+    mean_t, sd_t, n_t = calibration.stats_[("00", "target")]
+    assert n_t == 6 and sd_t == sd_s and mean_t == pytest.approx(5.0, abs=0.1)  # own mean, borrowed sd
+    assert (ALL_SECTIONS, "source") in calibration.stats_
+    unseen = calibration.transform(raw[:3], np.array(["07"] * 3))
+    np.testing.assert_allclose(unseen, calibration.transform(raw[:3], np.array([ALL_SECTIONS] * 3)))
+    again = DomainCalibration.from_state(calibration.state())
+    assert again.stats_ == calibration.stats_ and again.table() == calibration.table()
+
+
+def test_folds_are_stratified_and_fold_networks_share_the_out_of_fold_scale() -> None:
+    names = np.array(["a"] * 30 + ["b"] * 5)
+    folds = assign_folds(names, 2, seed=0)
+    assert sorted(np.bincount(folds[:30])) == [15, 15] and sorted(np.bincount(folds[30:])) == [2, 3]
+    assert abs(np.bincount(folds)[0] - np.bincount(folds)[1]) <= 1
+    # two networks whose raw scores share a clip effect (rho ~ 0.5) plus their own noise
+    rng = np.random.default_rng(2)
+    n = 4000
+    clip_effect = rng.normal(size=n)
+    raw = [np.repeat((clip_effect + rng.normal(size=n))[:, None], 2, axis=1) for _ in range(2)]
+    sections, domains = np.array(["00"] * n), np.array(["source"] * n)
+    folds = assign_folds(domains, 2, seed=0)
+    fold_calibration, out_of_fold = FoldCalibration.fit(raw, folds, sections, domains)
+    assert fold_calibration.spread == pytest.approx(np.sqrt((1 + 0.5) / 2), abs=0.03)
+    combined = fold_calibration.combine(raw, sections)
+    assert np.std(out_of_fold) == pytest.approx(1.0, abs=0.05)
+    assert np.std(combined) == pytest.approx(1.0, abs=0.05)  # the mean of two is rescaled to the same spread
+
+
+def test_thresholds_per_section_and_domain_with_fallback_and_expected_false_alarms() -> None:
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.normal(size=300), rng.normal(size=300), rng.normal(size=8)])
+    sections = np.array(["00"] * 300 + ["01"] * 300 + ["01"] * 8)
+    domains = np.array(["source"] * 600 + ["target"] * 8)
+    rows = {(r["section"], r["domain"]): r for r in fit_threshold_table(scores, sections, domains, "percentile",
+                                                                          90.0, min_clips=20, seed=0)}
+    assert set(rows) == {("*", "*"), ("00", "*"), ("00", "source"), ("01", "*"), ("01", "source"),
+                         ("01", "target")}
+    target = rows[("01", "target")]
+    assert target["threshold"] == rows[("01", "*")]["threshold"] and "section's" in target["fitted_on"]
+    assert rows[("00", "source")]["threshold"] == pytest.approx(np.percentile(scores[:300], 90))
+    for row in rows.values():
+        assert row["false_alarm_low"] <= row["expected_false_alarm_rate"] <= row["false_alarm_high"]
+    assert rows[("*", "*")]["expected_false_alarm_rate"] == pytest.approx(0.10, abs=0.03)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    low, high = wilson_interval(10, 100)
+    assert low == pytest.approx(0.0552, abs=1e-3) and high == pytest.approx(0.1744, abs=1e-3)
