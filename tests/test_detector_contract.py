@@ -24,6 +24,7 @@ from asd.models.registry import MODELS
 
 # Each model at its smallest sensible size: the contract does not depend on how well it learns.
 SMALL = {"embed": {"crop_frames": 32, "crops_per_clip": 1, "n_source_centroids": 4, "embedding_dim": 32},
+         "twobranch": {"branch_dim": 16, "n_subclusters": 2, "stft_crop_frames": 16, "n_source_centroids": 4},
          "ensemble": {"members": ("gmm", "ae")}}
 FIT = FitConfig(epochs=1, seed=0, device="cpu")
 

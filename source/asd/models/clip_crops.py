@@ -25,6 +25,36 @@ def load_clip_frames(shard: Shard, clip_indices: np.ndarray, dtype: type = np.fl
     return [found[int(c)] for c in clip_indices]
 
 
+def load_clip_waveforms(shard: Shard, clip_indices: np.ndarray, length: int) -> np.ndarray:
+    """The int16 waveform of each clip rebuilt from its cached segments (``start_sample`` places each, the
+    end-aligned tail included), wrapped or cut to ``length`` samples: ``[len(clip_indices), length]``."""
+    clip_indices = np.asarray(clip_indices, dtype=np.int64)
+    out = np.empty((len(clip_indices), length), dtype=np.int16)
+    position = {int(c): i for i, c in enumerate(clip_indices)}
+    rows = segment_rows_of(shard, np.sort(clip_indices))
+    clip_of_row = shard.segments["clip_index"].to_numpy()[rows]
+    start_of_row = shard.segments["start_sample"].to_numpy()[rows]
+    n_samples = shard.clips["n_samples"].to_numpy()
+
+    def finish(clip: int, whole: np.ndarray) -> None:
+        out[position[clip]] = np.take(whole, np.arange(length) % len(whole))  # wrapped, never zero-padded
+
+    current, whole = -1, np.zeros(0, dtype=np.int16)
+    for first in range(0, len(rows), 512):  # bounded memory: 512 segments at a time; rows hold whole clips
+        chunk = slice(first, first + 512)
+        for wave, clip, start in zip(shard.waveform(rows[chunk]), clip_of_row[chunk], start_of_row[chunk],
+                                     strict=True):
+            if clip != current:
+                if current >= 0:
+                    finish(current, whole)
+                current, whole = int(clip), np.zeros(int(n_samples[clip]), dtype=np.int16)
+            stop = min(int(start) + len(wave), len(whole))
+            whole[int(start):stop] = wave[:stop - int(start)]
+    if current >= 0:
+        finish(current, whole)
+    return out
+
+
 def fit_length(frames: np.ndarray, length: int, start: int = 0) -> np.ndarray:
     """``length`` frames of ``[n_mels, T]`` from ``start``; a clip shorter than that is repeated (wrapped)
     rather than zero-padded, because silence is never what a running machine sounds like."""

@@ -16,6 +16,7 @@ MODELS: dict[str, tuple[str, str, dict]] = {
     "ae-maha": ("asd.models.autoencoder", "AutoencoderDetector", {"score": "mahalanobis"}),
     "embed": ("asd.models.embedding", "EmbeddingDetector", {}),
     "gmm": ("asd.models.gmm", "GmmDetector", {}),
+    "twobranch": ("asd.models.twobranch", "TwoBranchDetector", {}),
     "ensemble": ("asd.models.ensemble", "EnsembleDetector", {}),
 }
 DEFAULT_MODEL = "gmm"  # best on the real recordings in bench/bench_quality.py (docs/quality.md)
