@@ -81,9 +81,11 @@ class _RecordingDetector(EmbeddingKnnDetector):
     def __init__(self) -> None:
         super().__init__(self.config_class())
         self.trained_on: list[np.ndarray] = []
+        self.trained_shards: list[list[tuple[str, int]]] = []
 
     def _train_fold(self, clips, labels, n_classes, fit_config, seed, device, log, desc):
         self.trained_on.append(np.concatenate([indices for _, indices in clips]))
+        self.trained_shards.append([(str(shard.path), len(indices)) for shard, indices in clips])
         return torch.nn.Linear(128, 8, bias=False), []
 
     def _embed(self, network, shard, clip_indices, device):
@@ -133,3 +135,31 @@ def test_two_branch_detector_learns_to_separate_anomalies(fan: Path) -> None:
     labels = (test.clips.loc[scores.index, "label"] == "anomaly").to_numpy()
     assert np.isfinite(scores.to_numpy()).all()
     assert roc_auc_score(labels, scores.to_numpy()) > 0.7
+
+
+def test_auxiliary_clips_add_classes_that_every_network_learns(fan: Path, tmp_path_factory) -> None:
+    other = prepared_synthetic_machine(tmp_path_factory, "slider", scale=0.05, anomaly_strength=4.0)
+    shard, aux = Shard(fan / "train.h5"), Shard(other / "train.h5")
+    normal = shard.clips.index[shard.clips["label"] != "anomaly"].to_numpy()
+    aux_clips = aux.clips.index[aux.clips["label"] != "anomaly"].to_numpy()
+    detector = _RecordingDetector()
+    networks = detector.fit_shared([("fan", shard, normal)], FitConfig(seed=0, device="cpu"), log=lambda line: None,
+                                   aux_parts=[("aux:synth/slider", aux, aux_clips)])
+    assert any(name.startswith("aux:synth/slider/") for name in networks.class_names)
+    assert any(name.startswith("fan/") for name in networks.class_names)
+    for trained in detector.trained_shards:  # every network: part of fan, all of the auxiliary clips
+        assert trained[1] == (str(aux.path), len(aux_clips)) and 0 < trained[0][1] < len(normal)
+    assert set(networks.folds) == {"fan"}  # folds (and scores) only for the machine types of the run
+
+
+def test_an_auxiliary_folder_without_training_shards_is_refused_before_any_work(fan: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from asd.cli import main
+
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["run", "--processed-dir", str(fan.parent), "--model", "twobranch",
+                                       "--aux-processed-dir", str(tmp_path / "empty"),
+                                       "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "--aux-processed-dir" in result.output and "no train.h5" in result.output
+    assert not (tmp_path / "run" / "config.json").exists()

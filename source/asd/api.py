@@ -61,7 +61,7 @@ def open_cache(processed_dir: str | Path = "data/processed") -> Cache:
 def fit(machine: MachineData, model: str = "gmm", model_options: dict[str, Any] | None = None,
         **settings: Any) -> Detector:
     """A detector of `model` fitted on the machine type's normal training clips, its thresholds fitted on
-    the held-out ones, exactly as `asd train` does. `model_options` set fields of the model's config;
+    their out-of-fold scores, exactly as `asd train` does. `model_options` set fields of the model's config;
     `settings` are those of the run (`val_fraction`, `threshold_percentile`, ...) or of the fit (`seed`,
     `epochs`, `device`, `aggregate`, ...)."""
     from asd.engine.config import RunConfig

@@ -41,6 +41,10 @@ def training_options(func):
         click.option("--model", type=click.Choice(tuple(MODELS)), default=DEFAULT_MODEL),
         click.option("--machines", type=COMMA_LIST, default="", show_default=False,
                      help="Comma-separated machine types (default: all)."),
+        click.option("--aux-processed-dir", "aux_processed_dir", multiple=True,
+                     type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Another processed folder (repeatable) whose normal training clips the learned "
+                          "models (embed, twobranch) also learn from, as extra classes; never scored."),
         click.option("--members", type=COMMA_LIST, default="", show_default=False,
                      help="With --model ensemble: its member models, comma-separated (default: gmm,ae-maha)."),
         click.option("--model-option", "model_option", multiple=True, metavar="FIELD=VALUE",
@@ -66,7 +70,7 @@ def training_options(func):
         click.option("--aggregate", type=click.Choice(REDUCERS), default="mean",
                      help="How segment scores become a clip score (models that score segments: ae, ae-maha)."),
         click.option("--threshold-percentile", default=90.0, type=PERCENTILE,
-                     help="Percentile of held-out normal scores the threshold sits at, in (0, 100)."),
+                     help="Percentile of the out-of-fold normal scores the threshold sits at, in (0, 100)."),
         click.option("--threshold-method", type=click.Choice(THRESHOLD_METHODS), default="gamma"),
     ]
     for option in reversed(options):

@@ -27,6 +27,9 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # fields of the model's config
     processed_dir: str = "data/processed"
     machines: tuple[str, ...] = ()  # empty: every machine type found
+    # Extra processed folders whose normal training clips the learned detectors also learn from, as
+    # auxiliary classes (never scored): another dataset, the synthetic set, your own recordings.
+    aux_processed_dirs: tuple[str, ...] = ()
     val_fraction: float = 0.0  # normal clips held out of everything (by clip): an independent false-alarm check
     threshold_method: str = "gamma"
     threshold_percentile: float = 90.0
@@ -34,6 +37,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "machines", tuple(self.machines))
+        object.__setattr__(self, "aux_processed_dirs", tuple(str(d) for d in self.aux_processed_dirs))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.threshold_method not in THRESHOLD_METHODS:
@@ -53,6 +57,7 @@ class RunConfig:
                             threads=options.get("threads", FitConfig.threads))
             config = cls(model=model, model_options=_model_options(model, options),
                          processed_dir=str(options["processed_dir"]), machines=tuple(options["machines"]),
+                         aux_processed_dirs=tuple(str(d) for d in options.get("aux_processed_dir", ())),
                          val_fraction=options["val_fraction"], threshold_method=options["threshold_method"],
                          threshold_percentile=options["threshold_percentile"], fit=fit)
         except ValueError as err:

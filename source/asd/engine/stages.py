@@ -134,6 +134,13 @@ def discover_checked(config: RunConfig) -> list[MachineData]:
         raise BadState(note or f"no shards under {config.processed_dir}; run `{PREP_COMMAND}` first")
     if note:
         click.echo(f"warning: {note}", err=True)
+    if config.aux_processed_dirs:
+        from asd.engine.train import auxiliary_machines
+
+        auxiliary_machines(config)  # every --aux-processed-dir holds training shards
+        if getattr(config.make_detector().config, "scope", None) != "dataset":
+            click.echo(f"warning: --aux-processed-dir is used by the learned models with scope=dataset "
+                       f"(embed, twobranch); {config.model} ignores it", err=True)
     return machines
 
 

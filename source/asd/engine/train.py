@@ -17,9 +17,9 @@ import pandas as pd
 
 from asd.cache.reading import split_train_validation
 from asd.cache.shard import Shard
-from asd.cache.store import MachineData
+from asd.cache.store import MachineData, discover
 from asd.engine.config import RunConfig
-from asd.errors import PREP_COMMAND, BadState
+from asd.errors import PREP_COMMAND, BadInput, BadState
 from asd.evaluation.thresholds import fit_threshold_table
 from asd.models.base import ALL_SECTIONS, Detector, threshold_key
 from asd.models.checkpoint import save_detector
@@ -87,7 +87,25 @@ def shared_groups(machines: list[MachineData], config: RunConfig) -> dict[str, l
     for machine in machines:
         if machine.train is not None:
             groups.setdefault(machine.dataset, []).append(machine)
-    return {dataset: group for dataset, group in sorted(groups.items()) if len(group) >= 2}
+    smallest = 1 if config.aux_processed_dirs else 2  # auxiliary classes make one machine type a group too
+    return {dataset: group for dataset, group in sorted(groups.items()) if len(group) >= smallest}
+
+
+def auxiliary_machines(config: RunConfig) -> list[MachineData]:
+    """The machine types with training shards under `--aux-processed-dir` folders; BadInput names a folder
+    that has none (checked before any work starts)."""
+    found = []
+    for folder in config.aux_processed_dirs:
+        machines = [m for m in discover(folder) if m.train is not None]
+        if not machines:
+            raise BadInput(f"--aux-processed-dir {folder}: no train.h5 shard under it; prepare it with "
+                           f"`{PREP_COMMAND} --out-dir {folder}`")
+        found += machines
+    return found
+
+
+def _normal_clips(shard: Shard) -> np.ndarray:
+    return shard.clips.index[shard.clips["label"] != "anomaly"].to_numpy()
 
 
 def fit_shared(dataset: str, group: list[MachineData], config: RunConfig, folder: RunFolder) -> object:
@@ -98,18 +116,21 @@ def fit_shared(dataset: str, group: list[MachineData], config: RunConfig, folder
     shards = [Shard(machine.train) for machine in group]
     parts = [(machine.machine, shard, normal_split(shard, config)[0])
              for machine, shard in zip(group, shards, strict=True)]
+    auxiliary = [(f"aux:{m.dataset}/{m.machine}", Shard(m.train)) for m in auxiliary_machines(config)]
+    aux_parts = [(name, shard, _normal_clips(shard)) for name, shard in auxiliary]
     with _log_file(folder.shared_train_log(dataset)) as log:
-        log(f"{dataset}: model {config.model}, one network for {', '.join(m.machine for m in group)}")
-        shared = detector.fit_shared(parts, config.fit, log)
-    for shard in shards:
+        log(f"{dataset}: model {config.model}, one network for {', '.join(m.machine for m in group)}"
+            + (f"; auxiliary classes from {', '.join(name for name, _ in auxiliary)}" if auxiliary else ""))
+        shared = detector.fit_shared(parts, config.fit, log, aux_parts=aux_parts)
+    for shard in [*shards, *(shard for _, shard in auxiliary)]:
         shard.close()
     return shared
 
 
 def fit_machine(machine: MachineData, config: RunConfig, log: Callable[[str], None] = print,
                 shared: object | None = None) -> tuple[Detector, list[dict]]:
-    """A detector fitted on the machine type's normal training clips, with its thresholds fitted on the
-    held-out ones; and the threshold rows. `shared` is what `fit_shared` learned for its dataset, if
+    """A detector fitted on the machine type's normal training clips, with its thresholds fitted on their
+    out-of-fold scores; and the threshold rows. `shared` is what `fit_shared` learned for its dataset, if
     anything."""
     if machine.train is None:
         raise BadState(f"{machine.key}: no train.h5 shard (no training clips); put normal clips in "

@@ -43,7 +43,7 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     aggregate: str = "mean"  # segment scores -> clip score (models that score segments: the autoencoders)
-    # Early stopping (models that support it; `epochs` switches it off): stop when the held-out loss
+    # Early stopping (models that support it; `epochs` switches it off): stop when the held-out fold's loss
     # has not improved by `min_delta` (relative) for `patience` epochs, keep the best epoch's weights.
     max_epochs: int | None = None  # cap; None: the model's default epoch count
     patience: int = 5

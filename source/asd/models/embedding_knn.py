@@ -86,37 +86,44 @@ class EmbeddingKnnDetector(Detector):
         """Inverse of `_network_state`."""
 
     # --- training ------------------------------------------------------------------------------------
-    def fit_shared(self, parts: list[Part], fit_config: FitConfig,
-                   log: Callable[[str], None] = print) -> FoldNetworks:
+    def fit_shared(self, parts: list[Part], fit_config: FitConfig, log: Callable[[str], None] = print,
+                   aux_parts: list[Part] = ()) -> FoldNetworks:
         """Train the fold networks once on several machine types: ``parts`` are (machine type, training
-        shard, training clips). Give the result to each machine type's detector as ``shared_``."""
+        shard, training clips). ``aux_parts`` (same shape) only add auxiliary classes: every network learns
+        all of their clips, and they are never scored. Give the result to each machine type's detector as
+        ``shared_``."""
         set_threads(fit_config.threads)
-        return self._train_networks(parts, fit_config, resolve_device(fit_config.device), log, prefixed=True)
+        return self._train_networks(parts, fit_config, resolve_device(fit_config.device), log, prefixed=True,
+                                    aux_parts=list(aux_parts))
 
     def _train_networks(self, parts: list[Part], fit_config: FitConfig, device: torch.device,
-                        log: Callable[[str], None], prefixed: bool) -> FoldNetworks:
-        if len({shard.fingerprint for _, shard, _ in parts}) > 1:
+                        log: Callable[[str], None], prefixed: bool, aux_parts: list[Part] = ()) -> FoldNetworks:
+        every = [*parts, *aux_parts]
+        if len({shard.fingerprint for _, shard, _ in every}) > 1:
             raise BadState("one network cannot learn machine types prepared with different features ("
-                           + ", ".join(f"{shard.path}: {shard.fingerprint}" for _, shard, _ in parts)
+                           + ", ".join(f"{shard.path}: {shard.fingerprint}" for _, shard, _ in every)
                            + "); prepare them with the same data_prep settings, or train with "
                            "--model-option scope=machine")
         names = np.concatenate([np.char.add(f"{machine}/" if prefixed else "",
                                             clip_class_names(shard.clips.loc[clips]).astype(str))
-                                for machine, shard, clips in parts])
+                                for machine, shard, clips in every])
         table = sorted(set(names.tolist()))
         labels = np.searchsorted(np.asarray(table), names)
+        n_own = sum(len(clips) for _, _, clips in parts)
         n = self.config.n_networks
-        folds = assign_folds(names, n, fit_config.seed)
+        folds = assign_folds(names[:n_own], n, fit_config.seed)
         owner = np.concatenate([np.full(len(clips), i) for i, (_, _, clips) in enumerate(parts)])
         counts = np.bincount(labels, minlength=len(table))
-        log(f"{len(table)} classes, {len(names)} training clips in {n} folds (network k never sees fold k); "
-            "clips per class: " + ", ".join(f"{name}={c}" for name, c in zip(table, counts, strict=True)))
+        log(f"{len(table)} classes, {n_own} training clips in {n} folds (network k never sees fold k)"
+            + (f", {len(names) - n_own} auxiliary clips every network learns" if aux_parts else "")
+            + "; clips per class: " + ", ".join(f"{name}={c}" for name, c in zip(table, counts, strict=True)))
         networks, history = [], []
         for k in range(n):
             learn = folds != k
             clips = [(shard, part_clips[learn[owner == i]]) for i, (_, shard, part_clips) in enumerate(parts)]
-            network, losses = self._train_fold(clips, labels[learn], len(table), fit_config,
-                                               fit_config.seed + 1000 * k, device, log,
+            clips += [(shard, part_clips) for _, shard, part_clips in aux_parts]
+            network, losses = self._train_fold(clips, np.concatenate([labels[:n_own][learn], labels[n_own:]]),
+                                               len(table), fit_config, fit_config.seed + 1000 * k, device, log,
                                                desc=f"{self.name} network {k + 1}/{n}")
             networks.append(network)
             history = history or losses  # the first network's curves stand for the others in loss.png

@@ -5,7 +5,6 @@ head, with mixup and class-balancing weights. The network alone is kept; the hea
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from asd.models.augment import mixup
 from asd.models.clip_crops import random_crops
 from asd.models.embedding_data import augmented_labels, class_weights
 from asd.models.embedding_net import EmbeddingNet, EmbeddingNetConfig
-from asd.models.margin_heads import AdaCosHead, ArcFaceHead, SubClusterAdaCosHead, soft_cross_entropy
-from asd.models.training import Adam
+from asd.models.margin_heads import AdaCosHead, ArcFaceHead, SubClusterAdaCosHead
+from asd.models.training import Adam, cosine_learning_rate, weighted_soft_loss
 
 
 @dataclass
@@ -87,7 +86,7 @@ def train_network(train_set: LabelledClips, val_set: LabelledClips, n_classes: i
     history: list[dict] = []
     for epoch in tqdm(range(epochs), desc=f"train {desc}", unit="epoch", leave=False):
         start = time.perf_counter()
-        optimizer.lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / epochs))  # cosine schedule
+        optimizer.lr = cosine_learning_rate(cfg.learning_rate, epoch, epochs)
         network.train()
         head.train()
         order = np.concatenate([rng.permutation(len(train_set)) for _ in range(cfg.crops_per_clip)])
@@ -100,9 +99,7 @@ def train_network(train_set: LabelledClips, val_set: LabelledClips, n_classes: i
             x, labels = augmented_labels(x, torch.from_numpy(train_set.labels[chosen]), cfg.aux_shifts, generator)
             x, soft = mixup(x, F.one_hot(labels, n_classes * n_shifts).float(), cfg.mixup_alpha, generator)
             x, soft = x.to(device), soft.to(device)
-            weight = soft @ label_weight
-            per_sample = soft_cross_entropy(head(network(x), soft), soft, reduction="none")
-            loss = (per_sample * weight).sum() / weight.sum()
+            loss = weighted_soft_loss(head(network(x), soft), soft, label_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

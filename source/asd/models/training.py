@@ -1,4 +1,5 @@
-"""Pieces shared by the training loops: stopping when the held-out loss stops improving, and Adam."""
+"""Pieces shared by the training loops: stopping when the held-out loss stops improving, Adam, the cosine
+learning-rate schedule and the class-weighted soft cross-entropy of the margin heads."""
 
 from __future__ import annotations
 
@@ -99,3 +100,17 @@ class Adam:
             exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
             p.addcdiv_(exp_avg, denom, value=-self.lr / bias_correction1)
+
+
+def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under a cosine schedule from ``base`` towards 0."""
+    return base * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def weighted_soft_loss(logits: torch.Tensor, soft: torch.Tensor, label_weight: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy, each sample weighted by its soft label times the per-label weights (a
+    mixed sample's weight mixes its classes' weights)."""
+    from asd.models.margin_heads import soft_cross_entropy
+
+    weight = soft @ label_weight
+    return (soft_cross_entropy(logits, soft, reduction="none") * weight).sum() / weight.sum()

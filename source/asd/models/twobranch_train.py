@@ -11,7 +11,6 @@ a self-supervised task that needs no label beyond the free ones.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 
 from asd.models.augment import mixup
 from asd.models.embedding_data import class_weights
-from asd.models.margin_heads import SubClusterAdaCosHead, soft_cross_entropy
-from asd.models.training import Adam
+from asd.models.margin_heads import SubClusterAdaCosHead
+from asd.models.training import Adam, cosine_learning_rate, weighted_soft_loss
 from asd.models.twobranch_net import TwoBranchNet, TwoBranchNetConfig
 
 INT16_SCALE = 1.0 / 32768.0
@@ -56,7 +55,7 @@ def train_two_branch(waveforms: np.ndarray, labels: np.ndarray, n_classes: int, 
     history: list[dict] = []
     for epoch in tqdm(range(epochs), desc=f"train {desc}", unit="epoch", leave=False):
         start = time.perf_counter()
-        optimizer.lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / epochs))  # cosine schedule
+        optimizer.lr = cosine_learning_rate(cfg.learning_rate, epoch, epochs)
         network.train()
         head.train()
         order = rng.permutation(len(waveforms))
@@ -77,9 +76,7 @@ def train_two_branch(waveforms: np.ndarray, labels: np.ndarray, n_classes: int, 
                 soft = exchanged_targets(soft, partner)
             else:
                 embeddings = TwoBranchNet.joint(spectrum, stft)
-            weight = soft @ label_weight
-            per_sample = soft_cross_entropy(head(embeddings, soft), soft, reduction="none")
-            loss = (per_sample * weight).sum() / weight.sum()
+            loss = weighted_soft_loss(head(embeddings, soft), soft, label_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
