@@ -16,7 +16,7 @@ from asd.cache.shard import Shard
 from asd.models.calibration import DomainCalibration
 from asd.models.clip_crops import fit_length, load_clip_frames, random_crops, windows
 from asd.models.fold_networks import assign_folds
-from asd.models.knn_domain import DomainBanks, nearest_distance
+from asd.models.knn_domain import DomainBanks, interpolated_points, nearest_distance
 from conftest import write_wav
 
 
@@ -129,3 +129,33 @@ def test_unknown_section_uses_all_training_clips_and_state_round_trips() -> None
     again = DomainBanks.from_state(torch.load(buffer, weights_only=True))
     np.testing.assert_array_equal(again.distances(query, np.array(["01"] * 5)),
                                   banks.distances(query, np.array(["01"] * 5)))
+
+
+def test_target_mixup_adds_points_between_target_clips_and_density_scaling_divides_by_local_spread() -> None:
+    rng = np.random.default_rng(3)
+    clips = _sphere(rng, np.eye(8)[0], 6, 0.3)
+    extra = interpolated_points(clips, 4, np.random.default_rng(0))
+    assert extra.shape == (24, 8)
+    np.testing.assert_allclose(np.linalg.norm(extra, axis=1), 1.0, rtol=1e-5)
+    # every synthetic point is at least as close to some clip as the two farthest clips are to each other
+    assert (1 - extra @ clips.T).min(axis=1).max() <= (1 - clips @ clips.T).max()
+    banks = DomainBanks(target_mixup=4).fit(clips, np.array(["00"] * 6), np.array(["target"] * 6))
+    assert banks.banks_[("00", "target")].shape == (30, 8)
+    # density: a tight cluster and a loose one; a query as far from each cluster's centre counts as nearer
+    # to the loose one once distances are divided by the entries' local spread
+    tight, loose = _sphere(rng, np.eye(8)[1], 20, 0.02), _sphere(rng, np.eye(8)[2], 20, 0.3)
+    train = np.concatenate([tight, loose])
+    scaled = DomainBanks(n_source_centroids=40, density_scaling=True).fit(
+        train, np.array(["00"] * 40), np.array(["source"] * 40))
+    scales = scaled.scales_[("00", "source")]
+    assert np.median(scales[20:]) > 5 * np.median(scales[:20])
+    queries = _unit_rows(np.stack([np.eye(8)[1] + 0.3 * np.eye(8)[3], np.eye(8)[2] + 0.3 * np.eye(8)[3]]))
+    d = scaled.distances(queries, np.array(["00", "00"]))[:, 0]
+    assert d[0] > d[1]
+    again = DomainBanks.from_state(scaled.state())
+    np.testing.assert_array_equal(again.scales_[("00", "source")], scales)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(x).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

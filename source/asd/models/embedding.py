@@ -56,6 +56,11 @@ class EmbeddingDetectorConfig:
     time_pool: str = "mean"  # how the network pools time: "mean", "max" or "meanmax" (asd.models.embedding_net)
     input_norm: bool = True  # the network removes each input's overall level first
     n_source_centroids: int = 16  # k-means centroids that stand for a section's source clips
+    # The sparse target bank (asd.models.knn_domain; measured by bench/bench_knn_variants.py): synthetic
+    # entries per target clip on segments between target clips, and distances divided by each entry's
+    # local scale.
+    target_mixup: int = 0
+    density_scaling: bool = False
     # Networks on complementary folds (asd.models.fold_networks): network k never learns fold k, which it
     # scores for the calibration; the test score is the mean over the networks (a seed ensemble too).
     n_networks: int = 2

@@ -53,7 +53,8 @@ class FoldNetworks:
 
 class EmbeddingKnnDetector(Detector):
     """Base of the learned detectors. The config needs ``n_networks`` (>= 2), ``n_source_centroids``,
-    ``scope`` ("dataset" or "machine"), ``epochs`` and ``min_clips_for_sd``. Fitted state: `networks_`,
+    ``target_mixup``, ``density_scaling``, ``scope`` ("dataset" or "machine"), ``epochs`` and
+    ``min_clips_for_sd``. Fitted state: `networks_`,
     `banks_` (one :class:`DomainBanks` per network), `calibration_`, `class_names_`; `shared_` holds
     networks trained for several machine types before `fit` (see `fit_shared`)."""
 
@@ -153,7 +154,8 @@ class EmbeddingKnnDetector(Detector):
         self.banks_, raw_by_network = [], []
         for k, network in enumerate(self.networks_):
             embeddings = self._embed(network, shard, train_clips, device)
-            banks = DomainBanks(self.config.n_source_centroids, fit_config.seed).fit(embeddings, sections, domains)
+            banks = DomainBanks(self.config.n_source_centroids, fit_config.seed, self.config.target_mixup,
+                                self.config.density_scaling).fit(embeddings, sections, domains)
             raw = banks.distances(embeddings, sections)  # in-sample: only the networks' correlation uses it
             held = folds == k
             if held.any():

@@ -53,9 +53,15 @@ class GmmDetectorConfig:
     prior_clips: float = 4.0
     folds: int = 5  # out-of-fold scoring of the source clips, for the calibration (target: leave-one-out)
     min_clips_for_sd: int = 20  # a domain with fewer out-of-fold scores borrows its section's largest spread
+    # Synthetic target clips per real one, on segments between target clips (SMOTE-style), added before the
+    # target mixture is fitted: the ten DCASE target clips then cover the space between them (measured by
+    # bench_quality.py --variant; off by default).
+    target_mixup: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "poolings", tuple(float(r) for r in self.poolings))
+        if self.target_mixup < 0:
+            raise ValueError(f"target_mixup must be >= 0, got {self.target_mixup}")
         if not self.poolings or any(not 0.0 <= r <= 1.0 for r in self.poolings):
             raise ValueError(f"poolings must be r values in [0, 1], got {self.poolings}")
         if self.max_components < 1 or self.min_clips_per_component < 1 or self.folds < 2:
@@ -131,14 +137,26 @@ def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray,
             key = (str(section), str(domain))
             if chosen.sum() < 2:
                 continue
+            x = features[chosen]
+            if domain == "target" and cfg.target_mixup:
+                x = np.concatenate([x, _interpolated(x, cfg.target_mixup, seed)])
             if components is None:
-                models[key] = DiagonalGmm.fit(features[chosen], cfg.max_components, cfg.min_clips_per_component,
+                models[key] = DiagonalGmm.fit(x, cfg.max_components, cfg.min_clips_per_component,
                                               cfg.reg_covar, seed, 1, prior, cfg.prior_clips)
             else:
                 k = components.get(key, 1)
-                models[key] = DiagonalGmm.fit(features[chosen], k, cfg.min_clips_per_component, cfg.reg_covar,
+                models[key] = DiagonalGmm.fit(x, k, cfg.min_clips_per_component, cfg.reg_covar,
                                               seed, k, prior, cfg.prior_clips)
     return models
+
+
+def _interpolated(x: np.ndarray, per_clip: int, seed: int) -> np.ndarray:
+    """``per_clip * len(x)`` points on segments between two distinct rows of ``x`` (SMOTE-style)."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    first = rng.integers(0, n, n * per_clip)
+    second = (first + rng.integers(1, n, n * per_clip)) % n
+    return x[first] + rng.random((n * per_clip, 1)) * (x[second] - x[first])
 
 
 def domain_nll(models: dict[tuple[str, str], DiagonalGmm], features: np.ndarray, sections: np.ndarray) -> np.ndarray:

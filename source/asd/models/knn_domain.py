@@ -13,6 +13,16 @@ bank, so that a thousand clips and ten clips weigh alike:
 The banks give *raw* distances; their scale differs between the domains (a target clip lies farther from
 ten neighbours than a source clip from sixteen centroids). :mod:`asd.models.calibration` puts them on one
 scale with distances of clips the banks were built without (`held_out`).
+
+Two options for the ten target clips among a thousand (off by default; ``bench/bench_knn_variants.py``
+measures them):
+
+* ``target_mixup`` adds that many synthetic target entries per real one, each a random point on the
+  segment between two target clips of the section (SMOTE-style), so the sparse bank covers the space
+  between its clips.
+* ``density_scaling`` divides the distance to each entry by that entry's local scale: its mean distance to
+  its ``density_neighbours`` nearest training clips of its domain. A query near an entry of a loose
+  region then counts as nearer than one at the same distance from an entry of a tight region.
 """
 
 from __future__ import annotations
@@ -49,22 +59,58 @@ def source_bank(embeddings: np.ndarray, n_centroids: int, seed: int) -> np.ndarr
     return _unit(kmeans.cluster_centers_)
 
 
+def interpolated_points(embeddings: np.ndarray, per_point: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_point * len(embeddings)`` unit-length points, each on the segment between two distinct rows
+    (SMOTE-style); none when there are fewer than two rows."""
+    n = len(embeddings)
+    if n < 2 or per_point < 1:
+        return np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+    first = rng.integers(0, n, n * per_point)
+    second = (first + rng.integers(1, n, n * per_point)) % n  # another row
+    weight = rng.random((n * per_point, 1))
+    return _unit(embeddings[first] + weight * (embeddings[second] - embeddings[first]))
+
+
+def local_scales(bank: np.ndarray, clips: np.ndarray, neighbours: int) -> np.ndarray:
+    """Each bank entry's mean cosine distance to its ``neighbours`` nearest clips (itself left out where
+    the entry is a clip); 1 where there are too few clips to tell."""
+    if len(clips) < 2:
+        return np.ones(len(bank))
+    distance = 1.0 - bank @ clips.T
+    distance[distance < 1e-6] = np.inf  # the entry itself
+    k = min(neighbours, max(1, int(np.isfinite(distance).sum(axis=1).min())))
+    nearest = np.sort(distance, axis=1)[:, :k]
+    scales = np.where(np.isfinite(nearest), nearest, np.nan)
+    scales = np.nanmean(scales, axis=1)
+    return np.maximum(np.nan_to_num(scales, nan=1.0), 1e-6)
+
+
 class DomainBanks:
-    """Fitted state: ``banks_`` keyed by ``(section, domain)``, section ``"*"`` pooling every section."""
+    """Fitted state: ``banks_`` (and ``scales_``, ones unless ``density_scaling``) keyed by
+    ``(section, domain)``, section ``"*"`` pooling every section."""
 
-    def __init__(self, n_source_centroids: int = 16, seed: int = 0) -> None:
-        if n_source_centroids < 1:
-            raise ValueError(f"n_source_centroids must be >= 1, got {n_source_centroids}")
+    def __init__(self, n_source_centroids: int = 16, seed: int = 0, target_mixup: int = 0,
+                 density_scaling: bool = False, density_neighbours: int = 5) -> None:
+        if n_source_centroids < 1 or target_mixup < 0 or density_neighbours < 1:
+            raise ValueError("need n_source_centroids >= 1, target_mixup >= 0, density_neighbours >= 1")
         self.n_source_centroids, self.seed = n_source_centroids, seed
+        self.target_mixup, self.density_scaling, self.density_neighbours = target_mixup, density_scaling, \
+            density_neighbours
         self.banks_: dict[tuple[str, str], np.ndarray] = {}
+        self.scales_: dict[tuple[str, str], np.ndarray] = {}
 
-    def _bank(self, embeddings: np.ndarray, domain: str) -> np.ndarray:
+    def _bank(self, embeddings: np.ndarray, domain: str) -> tuple[np.ndarray, np.ndarray]:
         if domain == "source":
-            return source_bank(embeddings, self.n_source_centroids, self.seed)
-        return _unit(embeddings)
+            bank = source_bank(embeddings, self.n_source_centroids, self.seed)
+        else:
+            extra = interpolated_points(embeddings, self.target_mixup, np.random.default_rng(self.seed))
+            bank = np.concatenate([_unit(embeddings), extra])
+        scales = local_scales(bank, _unit(embeddings), self.density_neighbours) if self.density_scaling \
+            else np.ones(len(bank))
+        return bank, scales
 
     def _build(self, embeddings: np.ndarray, sections: np.ndarray, domains: np.ndarray
-               ) -> dict[tuple[str, str], np.ndarray]:
+               ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
         banks = {}
         for section in [*sorted(set(sections.tolist())), ALL_SECTIONS]:
             in_section = np.ones(len(sections), bool) if section == ALL_SECTIONS else sections == section
@@ -76,8 +122,9 @@ class DomainBanks:
 
     def fit(self, embeddings: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> DomainBanks:
         """Build the banks from the unit-length embeddings of a machine type's normal training clips."""
-        self.banks_ = self._build(_unit(embeddings), np.asarray(sections).astype(str),
-                                  _source_or_target(domains))
+        built = self._build(_unit(embeddings), np.asarray(sections).astype(str), _source_or_target(domains))
+        self.banks_ = {key: bank for key, (bank, _) in built.items()}
+        self.scales_ = {key: scales for key, (_, scales) in built.items()}
         return self
 
     @staticmethod
@@ -89,14 +136,17 @@ class DomainBanks:
             use = section if section in known else ALL_SECTIONS
             for j, domain in enumerate(DOMAINS):
                 if (use, domain) in banks:
-                    out[rows, j] = nearest_distance(embeddings[rows], banks[(use, domain)])
+                    bank, scales = banks[(use, domain)]
+                    out[rows, j] = ((1.0 - embeddings[rows] @ bank.T) / scales[None, :]).min(axis=1)
         return out
 
     def distances(self, embeddings: np.ndarray, sections: np.ndarray) -> np.ndarray:
-        """Raw scores ``[n, 2]``: cosine distance to the nearest entry of each domain's bank."""
+        """Raw scores ``[n, 2]``: cosine distance to the nearest entry of each domain's bank (divided by
+        the entry's local scale with ``density_scaling``)."""
         if not self.banks_:
             raise RuntimeError("DomainBanks is not fitted")
-        return self._distances(self.banks_, _unit(embeddings), np.asarray(sections).astype(str))
+        banks = {key: (bank, self.scales_[key]) for key, bank in self.banks_.items()}
+        return self._distances(banks, _unit(embeddings), np.asarray(sections).astype(str))
 
     def held_out(self, embeddings: np.ndarray, sections: np.ndarray, domains: np.ndarray,
                  held: np.ndarray) -> np.ndarray:
@@ -112,13 +162,17 @@ class DomainBanks:
         keys = sorted(self.banks_)
         return {"keys": [[section, domain] for section, domain in keys],
                 "banks": [torch.from_numpy(np.ascontiguousarray(self.banks_[k])) for k in keys],
-                "settings": [self.n_source_centroids, self.seed]}
+                "scales": [torch.from_numpy(np.ascontiguousarray(self.scales_[k], dtype=np.float64)) for k in keys],
+                "settings": [self.n_source_centroids, self.seed, self.target_mixup, int(self.density_scaling),
+                             self.density_neighbours]}
 
     @classmethod
     def from_state(cls, state: dict) -> DomainBanks:
-        banks = cls(*[int(v) for v in state["settings"]])
-        banks.banks_ = {(str(s), str(d)): bank.numpy() for (s, d), bank in zip(state["keys"], state["banks"],
-                                                                                strict=True)}
+        n_centroids, seed, mixup, density, neighbours = [int(v) for v in state["settings"]]
+        banks = cls(n_centroids, seed, mixup, bool(density), neighbours)
+        keys = [(str(s), str(d)) for s, d in state["keys"]]
+        banks.banks_ = {key: bank.numpy() for key, bank in zip(keys, state["banks"], strict=True)}
+        banks.scales_ = {key: scales.numpy() for key, scales in zip(keys, state["scales"], strict=True)}
         return banks
 
 

@@ -46,6 +46,11 @@ class TwoBranchDetectorConfig:
     weight_decay: float = 1e-4
     stft_crop_frames: int = 126  # the STFT branch learns from random ~4 s crops (0: the whole clip)
     n_source_centroids: int = 16
+    # The sparse target bank (asd.models.knn_domain; measured by bench/bench_knn_variants.py): synthetic
+    # entries per target clip on segments between target clips, and distances divided by each entry's
+    # local scale.
+    target_mixup: int = 0
+    density_scaling: bool = False
     n_networks: int = 2  # networks on complementary folds; the test score is their mean
     min_clips_for_sd: int = 20
     scope: str = "dataset"

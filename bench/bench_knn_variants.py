@@ -1,0 +1,159 @@
+"""Benchmark: ten target clips among a thousand. The reference banks of a finished learned run (`embed` or
+`twobranch`) rebuilt with each variant of the sparse target bank, scored and calibrated exactly as the
+detector does, from the same networks (no retraining):
+
+    python bench/bench_knn_variants.py --run output/<run> [--variants base,mixup4,density,mixup4+density]
+
+* ``mixup<N>``: N synthetic target entries per target clip, on segments between target clips (SMOTE-style);
+* ``density``: each distance divided by the entry's local scale (mean distance to its 5 nearest clips).
+
+Every network embeds each training and test clip once; the folds of the run are rebuilt from its
+configuration (the same deterministic assignment), so each variant's calibration uses distances of clips
+that neither the network nor the bank saw, as in training. Prints per variant the official score (the
+run's rules), AUC (source) / AUC (target) and the share of normal test clips flagged per domain, with the
+time the variant's banks took. Quality is measured on test labels here: read it as a comparison of
+variants, never as tuning on the set that is then quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "source"))
+
+from asd.cache.shard import Shard  # noqa: E402
+from asd.cache.store import discover  # noqa: E402
+from asd.engine.config import RunConfig  # noqa: E402
+from asd.engine.train import normal_split, shared_groups  # noqa: E402
+from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
+from asd.evaluation.thresholds import fit_threshold_table  # noqa: E402
+from asd.models.checkpoint import load_detector  # noqa: E402
+from asd.models.embedding_data import clip_class_names  # noqa: E402
+from asd.models.fold_networks import FoldCalibration, assign_folds  # noqa: E402
+from asd.models.knn_domain import DomainBanks  # noqa: E402
+from asd.run_folder import RunFolder  # noqa: E402
+
+
+def parse_variant(name: str) -> tuple[int, bool]:
+    """``base``, ``mixup<N>``, ``density`` or ``mixup<N>+density`` -> (target_mixup, density_scaling)."""
+    mixup, density = 0, False
+    for part in name.split("+"):
+        if part.startswith("mixup"):
+            mixup = int(part.removeprefix("mixup") or 4)
+        elif part == "density":
+            density = True
+        elif part != "base":
+            raise SystemExit(f"unknown variant part {part!r}")
+    return mixup, density
+
+
+def run_folds(config: RunConfig, machines: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(training clips, fold of each) per machine type, assigned as `fit_shared` / `fit` did."""
+    n = config.make_detector().config.n_networks
+    groups = shared_groups(machines, config)
+    out = {}
+    for group in groups.values() or [[m] for m in machines]:
+        parts = [(m.machine, Shard(m.train)) for m in group]
+        clips = [normal_split(shard, config)[0] for _, shard in parts]
+        prefixed = bool(groups)
+        names = np.concatenate([np.char.add(f"{machine}/" if prefixed else "",
+                                            clip_class_names(shard.clips.loc[c]).astype(str))
+                                for (machine, shard), c in zip(parts, clips, strict=True)])
+        folds = assign_folds(names, n, config.fit.seed)
+        first = 0
+        for (machine, _), c in zip(parts, clips, strict=True):
+            out[machine] = (c, folds[first:first + len(c)])
+            first += len(c)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--variants", default="base,mixup4,density,mixup4+density")
+    args = parser.parse_args()
+    folder = RunFolder(args.run)
+    config = RunConfig.from_dict(folder.run_record())
+    machines = [m for m in discover(config.processed_dir, list(config.machines) or None) if m.tests and m.train]
+    folds_of = run_folds(config, machines)
+    predictions = folder.read_predictions()
+    variants = [v for v in args.variants.split(",") if v]
+    cache = {}
+    for machine in machines:  # every network embeds every clip once
+        detector = load_detector(folder.model_path(machine.dataset, machine.machine))
+        train, clips = Shard(machine.train), folds_of[machine.machine][0]
+        tests = [Shard(path) for path in machine.tests]
+        cache[machine.machine] = {
+            "train": [detector._embed(net, train, clips, "cpu") for net in detector.networks_],
+            "test": [[detector._embed(net, shard, shard.clips.index.to_numpy(), "cpu") for shard in tests]
+                     for net in detector.networks_],
+            "table": train.clips.loc[clips], "tests": tests, "detector": detector}
+        print(f"embedded {machine.key}", flush=True)
+    rows = []
+    for variant in variants:
+        mixup, density = parse_variant(variant)
+        start, scored = time.perf_counter(), []
+        for machine in machines:
+            item, folds = cache[machine.machine], folds_of[machine.machine][1]
+            sections = item["table"]["section"].to_numpy().astype(str)
+            domains = item["table"]["domain"].to_numpy().astype(str)
+            banks, raw_by_network = [], []
+            for k, embeddings in enumerate(item["train"]):
+                bank = DomainBanks(item["detector"].config.n_source_centroids, config.fit.seed, mixup,
+                                   density).fit(embeddings, sections, domains)
+                raw = bank.distances(embeddings, sections)
+                raw[folds == k] = bank.held_out(embeddings, sections, domains, folds == k)
+                banks.append(bank)
+                raw_by_network.append(raw)
+            calibration, out_of_fold = FoldCalibration.fit(raw_by_network, folds, sections, domains,
+                                                           item["detector"].config.min_clips_for_sd)
+            thresholds = {(r["section"], r["domain"]): r["threshold"] for r in fit_threshold_table(
+                out_of_fold, sections, domains, config.threshold_method, config.threshold_percentile)}
+            for i, shard in enumerate(item["tests"]):
+                test_sections = shard.clips["section"].to_numpy().astype(str)
+                scores = calibration.combine([bank.distances(item["test"][k][i], test_sections)
+                                              for k, bank in enumerate(banks)], test_sections)
+                table = shard.clips[["file_name", "section", "domain", "label"]].assign(
+                    score=scores, dataset=machine.dataset, machine=machine.machine)
+                table["threshold"] = [thresholds.get((s, "target" if d == "target" else "source"),
+                                                     thresholds.get((s, "*"), thresholds[("*", "*")]))
+                                      for s, d in zip(table["section"], table["domain"], strict=True)]
+                table["decision"] = (table["score"] > table["threshold"]).astype(int)
+                scored.append(table)
+        seconds = time.perf_counter() - start
+        frame = pd.concat(scored, ignore_index=True)
+        rules = _rules(folder, machines[0].dataset)
+        metrics = metrics_table(frame, rules)
+        normal = frame[frame["label"] == "normal"]
+        rows.append({"variant": variant, "official": dataset_score(frame, rules)["official score"],
+                     "AUC (source)": metrics.get("AUC (source)", metrics.get("AUC")).mean(),
+                     "AUC (target)": metrics["AUC (target)"].mean() if "AUC (target)" in metrics else np.nan,
+                     "flagged source": normal.loc[normal["domain"] != "target", "decision"].mean(),
+                     "flagged target": normal.loc[normal["domain"] == "target", "decision"].mean(),
+                     "banks s": seconds})
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="{:.4f}".format), flush=True)
+    same = predictions["machine"].isin([m.machine for m in machines])
+    print(f"\nrun {args.run} ({config.model}, seed {config.fit.seed}; its own official score "
+          f"{_official(folder, machines[0].dataset)}, {int(same.sum())} test clips):\n"
+          + pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format))
+
+
+def _rules(folder: RunFolder, dataset: str) -> str:
+    table = pd.read_csv(folder.official_score_csv(dataset), dtype=str)
+    return str(table.loc[table["metric"] == "rules", "value"].iloc[0])
+
+
+def _official(folder: RunFolder, dataset: str) -> str:
+    table = pd.read_csv(folder.official_score_csv(dataset), dtype=str)
+    return str(table.loc[table["metric"] == "official score", "value"].iloc[0])
+
+
+if __name__ == "__main__":
+    main()
