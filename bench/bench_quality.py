@@ -13,14 +13,15 @@ and test clips per second. The synthetic set (four machine types at DCASE size u
 follows with one row per machine type and model. Markdown copies land in <work>/quality_*.md.
 
 A variant is a model with config fields changed, named for --models: e.g.
-`--variant embed-1s=embed:crop_frames=32,score_frames=32 --models embed,embed-1s` (values are read as JSON,
-else as text).
+`--variant embed-1s=embed:crop_frames=32,score_frames=32 --models embed,embed-1s`, or
+`--variant gmm+tb=ensemble:members=["gmm","twobranch"]` (values are read as JSON, else as text).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ def parse_variants(specs: list[str]) -> dict[str, tuple[str, dict]]:
         name, _, rest = spec.partition("=")
         model, _, fields = rest.partition(":")
         overrides = {}
-        for pair in filter(None, fields.split(",")):
+        for pair in filter(None, re.split(r",(?=\w+=)", fields)):  # a comma inside a value (a list) stays
             key, _, text = pair.partition("=")
             try:
                 overrides[key] = json.loads(text)

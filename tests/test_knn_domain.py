@@ -91,14 +91,25 @@ def test_source_bank_is_k_means_centroids_and_every_target_clip_is_kept(two_doma
 
 
 def test_held_out_distances_come_from_banks_without_those_clips(two_domains: dict) -> None:
-    train, folds, raw_oof = two_domains["train"], two_domains["folds"], two_domains["raw_oof"]
-    target = len(train) - 1  # a target clip
-    others = [i for i in range(400, 406) if folds[i] != folds[target]]
-    expected = min(1 - float(train[target] @ train[j]) for j in others)
-    assert raw_oof[target, 1] == pytest.approx(expected, rel=1e-5)
-    in_sample = two_domains["banks"].distances(train[[target]], np.array(["00"]))
+    train, banks = two_domains["train"], two_domains["banks"]
+    sections, domains = np.array(["00"] * len(train)), np.array(["source"] * 400 + ["target"] * 6)
+    target = len(train) - 1  # a target clip, held out alone: the other five target clips are its bank
+    only = np.zeros(len(train), bool)
+    only[target] = True
+    held = banks.held_out(train, sections, domains, only)
+    expected = min(1 - float(train[target] @ train[j]) for j in range(400, 405))
+    assert held[0, 1] == pytest.approx(expected, rel=1e-5)
+    in_sample = banks.distances(train[[target]], np.array(["00"]))
     assert in_sample[0, 1] == pytest.approx(0.0, abs=1e-5)  # in its own bank it is its own neighbour
-    assert raw_oof[target, 1] > 0.01
+    assert held[0, 1] > 0.01
+    # many held clips: dealt into ten chunks, each scored against banks without its chunk only, so a held
+    # target clip still sees most other target clips (with two folds it would have lost half of them)
+    rows = np.zeros(len(train), bool)
+    rows[::2] = True
+    rows[400:] = True
+    chunked = banks.held_out(train, sections, domains, rows)
+    assert chunked.shape == (rows.sum(), 2) and np.isfinite(chunked).all()
+    assert (chunked[-6:, 1] > 0.0).all()  # never its own neighbour
 
 
 def test_both_domains_normal_clips_land_on_one_scale(two_domains: dict) -> None:
