@@ -1,6 +1,7 @@
 """Quality benchmark: every detector on the real recordings (several seeds) and on the synthetic set.
 
-    python bench/bench_quality.py [--real ../shared/real] [--seeds 0,1,2] [--models gmm,ae,ae-maha,embed,ensemble]
+    python bench/bench_quality.py [--real ../shared/real] [--seeds 0,1,2]
+                                  [--models gmm,ae,ae-maha,embed,twobranch,ensemble]
                                   [--synthetic-scale 1.0] [--synthetic-seeds 0] [--no-synthetic]
                                   [--ae-epochs 100] [--embed-epochs 8] [--keep DIR]
                                   [--variant NAME=MODEL:field=value,field=value ...]
@@ -8,9 +9,10 @@
 Real recordings decide (README, Quality): every machine type found under --real (default ../shared/real
 beside the project, skipped when absent) is prepared with data_prep, then every model is trained and tested
 once per seed through the same functions `python source/main.py` uses; the table gives mean ± sd over
-seeds of AUC (source), AUC (target), pAUC and the official score (DCASE 2022+ rules), with training seconds
-and test clips per second. The synthetic set (four machine types at DCASE size unless --synthetic-scale)
-follows with one row per machine type and model. Markdown copies land in <work>/quality_*.md.
+seeds of AUC (source), AUC (target), pAUC and the official score (the rules of each set), the share of
+normal test clips flagged at the threshold in each domain (the thresholds aim for 10 %), training seconds
+and test clips per second, then one summary row per model over all the real sets. The synthetic set (four
+machine types at DCASE size unless --synthetic-scale) follows with one row per machine type and model. Markdown copies land in <work>/quality_*.md.
 
 A variant is a model with config fields changed, named for --models: e.g.
 `--variant embed-1s=embed:crop_frames=32,score_frames=32 --models embed,embed-1s`, or
@@ -162,7 +164,7 @@ def main() -> None:
     default_real = ROOT.parent / "shared" / "real"
     parser.add_argument("--real", type=Path, default=default_real if default_real.is_dir() else None)
     parser.add_argument("--seeds", default="0,1,2", help="Seeds for the real set.")
-    parser.add_argument("--models", default="gmm,ae,ae-maha,embed,ensemble")
+    parser.add_argument("--models", default="gmm,ae,ae-maha,embed,twobranch,ensemble")
     parser.add_argument("--synthetic-scale", type=float, default=1.0)
     parser.add_argument("--synthetic-seeds", default="0")
     parser.add_argument("--synthetic-machines", default=",".join(MACHINE_TYPES))
