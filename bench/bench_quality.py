@@ -12,7 +12,8 @@ once per seed through the same functions `python source/main.py` uses; the table
 seeds of AUC (source), AUC (target), pAUC and the official score (the rules of each set), the share of
 normal test clips flagged at the threshold in each domain (the thresholds aim for 10 %), training seconds
 and test clips per second, then one summary row per model over all the real sets. The synthetic set (four
-machine types at DCASE size unless --synthetic-scale) follows with one row per machine type and model. Markdown copies land in <work>/quality_*.md.
+machine types at DCASE size unless --synthetic-scale) follows with one row per machine type and model.
+Markdown copies land in <work>/quality_*.md.
 
 A variant is a model with config fields changed, named for --models: e.g.
 `--variant embed-1s=embed:crop_frames=32,score_frames=32 --models embed,embed-1s`, or
