@@ -294,8 +294,11 @@ def _run_tasks(plans: list[_Plan], tasks: list[MachineTask], executor) -> None:
         where = f" on {result.host}" if getattr(executor, "remote", False) else ""
         resumed = " (model already saved)" if result.resumed else ""
         click.echo(f"  {key + plan.label:<40} {result.seconds:6.1f} s{where}{resumed}")
-        for row in result.rows or []:
-            click.echo("    " + threshold_line(row))
+        rows = result.rows or []
+        one_section = len({r["section"] for r in rows} - {"*"}) == 1
+        for row in rows:
+            if not (one_section and row["section"] == "*"):  # the pooled row repeats the only section's
+                click.echo("    " + threshold_line(row))
     for plan in plans:
         plan.outcome.done.sort()
 

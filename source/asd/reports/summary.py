@@ -49,20 +49,33 @@ def run_summary(folder: RunFolder, predictions: pd.DataFrame, scores: dict[tuple
                    else "no section has both normal and anomalous test clips")
             lines.append(f"  official score: not measurable ({why}); scores and decisions are written")
         if thresholds is not None:
-            mine = thresholds[thresholds["dataset"] == dataset]
-            for row in mine.itertuples(index=False):
-                key = "all sections" if row.section == "*" else f"section {row.section}" + (
-                    "" if row.domain == "*" else f" {row.domain}")
-                line = (f"  {row.machine} {key}: threshold {row.threshold:.4g}, expected false alarms "
-                        f"{row.expected_false_alarm_rate:.1%} [{row.false_alarm_low:.0%}, {row.false_alarm_high:.0%}] "
-                        f"(out-of-fold scores of {row.n_normal_clips} normal clips; aim {100 - row.percentile:.0f}%)")
-                if "held_out_false_alarm_rate" in mine and np.isfinite(row.held_out_false_alarm_rate):
-                    line += f"; on {int(row.n_held_out)} held-out clips {row.held_out_false_alarm_rate:.1%}"
-                lines.append(line)
+            lines += _false_alarm_lines(thresholds[thresholds["dataset"] == dataset])
     written = [path.name for path in (folder.predictions_csv, folder.thresholds_csv) if path.is_file()]
     lines += ["", f"outputs in {folder}: {', '.join(written)}, <dataset>/summary.csv, "  # claims only what exists
-                  "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png}"]
+                  "<dataset>/submission/, <dataset>/<machine>/{result.csv,roc.png,score_histogram.png,"
+                  "oof_scores.csv,oof_scores.png}"]
     return "\n".join(lines).lstrip("\n")
+
+
+def _false_alarm_lines(thresholds: pd.DataFrame) -> list[str]:
+    """One line per machine type: the expected false-alarm rate of each section x domain threshold (each
+    section's where the names tell no domain), with its 95 % interval."""
+    lines = []
+    for machine, rows in thresholds.groupby("machine", sort=True):
+        finest = rows[(rows["section"] != "*") & (rows["domain"] != "*")]
+        finest = finest if len(finest) else rows[rows["section"] != "*"]
+        parts = [f"{r.section}{'' if r.domain == '*' else '/' + r.domain} {r.expected_false_alarm_rate:.1%} "
+                 f"[{r.false_alarm_low:.0%}, {r.false_alarm_high:.0%}]" for r in finest.itertuples(index=False)]
+        held = rows[rows["section"] == "*"]
+        if "held_out_false_alarm_rate" in rows and len(held) and np.isfinite(held["held_out_false_alarm_rate"].iloc[0]):
+            parts.append(f"on {int(held['n_held_out'].iloc[0])} held-out clips "
+                         f"{held['held_out_false_alarm_rate'].iloc[0]:.1%}")
+        lines.append(f"  {machine}: expected false alarms " + ", ".join(parts))
+    if lines:
+        aim = 100 - float(thresholds["percentile"].iloc[0])
+        lines.append(f"  (cross-fitted on the out-of-fold scores of the normal training clips, 95 % interval; "
+                     f"aim {aim:.0f}%)")
+    return lines
 
 
 def run_scores(run: str | Path) -> pd.DataFrame:
