@@ -11,8 +11,9 @@ Every network embeds each training and test clip once; the folds of the run are 
 configuration (the same deterministic assignment), so each variant's calibration uses distances of clips
 that neither the network nor the bank saw, as in training. Prints per variant the official score (the
 run's rules), AUC (source) / AUC (target) and the share of normal test clips flagged per domain, with the
-time the variant's banks took. Quality is measured on test labels here: read it as a comparison of
-variants, never as tuning on the set that is then quoted.
+time the variant's banks took; `base` is the detector as it is (a run made by this version of the code
+scores the same). Quality is measured on test labels here: read it as a comparison of variants, never as
+tuning on the set that is then quoted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT / "source"))
 
 from asd.cache.shard import Shard  # noqa: E402
 from asd.cache.store import discover  # noqa: E402
+from asd.dataset.layout import rules_for_files  # noqa: E402
 from asd.engine.config import RunConfig  # noqa: E402
 from asd.engine.train import normal_split, shared_groups  # noqa: E402
 from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
@@ -83,7 +85,6 @@ def main() -> None:
     config = RunConfig.from_dict(folder.run_record())
     machines = [m for m in discover(config.processed_dir, list(config.machines) or None) if m.tests and m.train]
     folds_of = run_folds(config, machines)
-    predictions = folder.read_predictions()
     variants = [v for v in args.variants.split(",") if v]
     cache = {}
     for machine in machines:  # every network embeds every clip once
@@ -129,7 +130,7 @@ def main() -> None:
                 scored.append(table)
         seconds = time.perf_counter() - start
         frame = pd.concat(scored, ignore_index=True)
-        rules = _rules(folder, machines[0].dataset)
+        rules = rules_for_files(frame["file_name"].tolist(), [p.stem for m in machines for p in m.tests])
         metrics = metrics_table(frame, rules)
         normal = frame[frame["label"] == "normal"]
         rows.append({"variant": variant, "official": dataset_score(frame, rules)["official score"],
@@ -139,19 +140,17 @@ def main() -> None:
                      "flagged target": normal.loc[normal["domain"] == "target", "decision"].mean(),
                      "banks s": seconds})
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="{:.4f}".format), flush=True)
-    same = predictions["machine"].isin([m.machine for m in machines])
     print(f"\nrun {args.run} ({config.model}, seed {config.fit.seed}; its own official score "
-          f"{_official(folder, machines[0].dataset)}, {int(same.sum())} test clips):\n"
+          f"{_official(folder, machines[0].dataset)}):\n"
           + pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format))
 
 
-def _rules(folder: RunFolder, dataset: str) -> str:
-    table = pd.read_csv(folder.official_score_csv(dataset), dtype=str)
-    return str(table.loc[table["metric"] == "rules", "value"].iloc[0])
-
-
 def _official(folder: RunFolder, dataset: str) -> str:
-    table = pd.read_csv(folder.official_score_csv(dataset), dtype=str)
+    """The run's own official score, where its test stage wrote one (bench_quality's runs do not)."""
+    path = folder.official_score_csv(dataset)
+    if not path.is_file():
+        return "not written"
+    table = pd.read_csv(path, dtype=str)
     return str(table.loc[table["metric"] == "official score", "value"].iloc[0])
 
 
