@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from asd.cli.options import COMMA_LIST, CONTEXT, fail_cleanly
+from asd.cli.options import COMMA_LIST, CONTEXT, fail_cleanly, finite_range
 from asd.errors import PREP_COMMAND
 
 
@@ -21,11 +21,11 @@ from asd.errors import PREP_COMMAND
               help="Folder for the pages: <out>/<dataset>.html.")
 @click.option("--examples", default=1, type=click.IntRange(0, 20),
               help="Example clips (spectrogram and audio) per machine type, split, domain and label.")
-@click.option("--audio-seconds", default=2.0, type=click.FloatRange(0.1, 60.0),
+@click.option("--audio-seconds", default=2.0, type=finite_range(0.1, 60.0),
               help="Length of each embedded audio clip.")
 @click.option("--least-typical", default=3, type=click.IntRange(0, 50),
               help="Training clips per machine type shown as least like their group.")
-@click.option("--max-page-mb", default=5.0, type=click.FloatRange(0.5, 500.0),
+@click.option("--max-page-mb", default=5.0, type=finite_range(0.5, 500.0),
               help="Size a page aims at: audio stops being embedded at 75% of it.")
 @fail_cleanly
 def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: tuple[str, ...], out_dir: Path,
