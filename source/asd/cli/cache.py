@@ -84,6 +84,9 @@ def inspect_command(path: Path, names: int, png: Path | None, segment: int) -> N
         if png.is_dir():
             raise BadInput(f"--png {png} is a folder; give a file name, e.g. {png / 'segment.png'}")
         check_writable_dir(png.parent, "--png folder")
+        from asd.reports.backend import check_plotting
+
+        check_plotting()
         n_segments = Shard(path).n_segments
         if segment >= n_segments:
             raise BadInput(f"--segment {segment} is out of range: {path} has {n_segments} segments "

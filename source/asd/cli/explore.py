@@ -40,8 +40,11 @@ def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: 
         hint = "" if raw_dir is not None else f"; run `{PREP_COMMAND}` first"
         raise click.BadParameter(f"{source} is not a folder{hint}",
                                  param_hint="--raw-dir" if raw_dir is not None else "--processed-dir")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise click.BadParameter(f"{out_dir} exists and is not a folder", param_hint="--out")
+    from asd.folders import check_writable_dir
+    from asd.reports.backend import check_plotting
+
+    check_writable_dir(out_dir, "--out")  # a read-only or full place fails now, not after the statistics
+    check_plotting()
     config = ExploreConfig(processed_dir=None if raw_dir is not None else source, raw_dir=raw_dir,
                            machines=machines, out_dir=out_dir,
                            examples=examples, audio_seconds=audio_seconds, least_typical=least_typical,

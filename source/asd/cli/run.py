@@ -31,7 +31,7 @@ from asd.cli.options import (
 )
 from asd.errors import MAIN_COMMAND, BadInput
 from asd.evaluation.thresholds import METHODS as THRESHOLD_METHODS
-from asd.folders import check_out_file
+from asd.folders import check_out_file, write_atomically
 from asd.models.registry import DEFAULT_MODEL, DEFAULT_THREADS, MODELS, REDUCERS
 
 
@@ -191,8 +191,15 @@ def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, g
 @fail_cleanly
 def summarize_command(runs: tuple[Path, ...], html_path: Path | None) -> None:
     """One table over machine types; several runs side by side."""
+    from asd.folders import check_writable_dir
+    from asd.reports.backend import check_plotting
     from asd.reports.run_page import default_comparison_path, write_comparison_page
     from asd.reports.summary import compare_runs
+
+    check_plotting()
+    if html_path is not None and html_path.is_dir():
+        raise BadInput(f"--html {html_path} is a folder; give a file name, e.g. {html_path / 'compare.html'}")
+    check_writable_dir((html_path or default_comparison_path(list(runs))).parent, "--html folder")
 
     click.echo(compare_runs(list(runs)))
     replaced = html_path is not None and html_path.exists()
@@ -230,7 +237,7 @@ def score_command(run_dir, machine, dataset, out_csv, aggregate, device, paths) 
     check_aggregate(detector, aggregate)
     resolve_device(device)
     table, skipped = score_paths(detector, machine, list(paths), device=device)
-    table.to_csv(out_csv, index=False)
+    write_atomically(out_csv, table.to_csv(index=False))  # a full disk leaves no CSV cut mid-number
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         click.echo(table.to_string(index=False))
     for path, reason in skipped:
