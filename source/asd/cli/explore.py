@@ -31,8 +31,6 @@ from asd.errors import PREP_COMMAND
 def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: tuple[str, ...], out_dir: Path,
                     examples: int, audio_seconds: float, least_typical: int, max_page_mb: float) -> None:
     """One self-contained HTML page per dataset: counts, levels, spectra, example clips, odd clips, notes."""
-    from asd.reports.explore import ExploreConfig, explore
-
     if processed_dir is not None and raw_dir is not None:
         raise click.UsageError("give --processed-dir or --raw-dir, not both")
     source = raw_dir if raw_dir is not None else (processed_dir or Path("data/processed"))
@@ -43,8 +41,10 @@ def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: 
     from asd.folders import check_writable_dir
     from asd.reports.backend import check_plotting
 
-    check_writable_dir(out_dir, "--out")  # a read-only or full place fails now, not after the statistics
     check_plotting()
+    check_writable_dir(out_dir, "--out")  # a read-only or full place fails now, not after the statistics
+    from asd.reports.explore import ExploreConfig, explore  # after the checks: it imports matplotlib
+
     config = ExploreConfig(processed_dir=None if raw_dir is not None else source, raw_dir=raw_dir,
                            machines=machines, out_dir=out_dir,
                            examples=examples, audio_seconds=audio_seconds, least_typical=least_typical,
