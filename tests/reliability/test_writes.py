@@ -33,7 +33,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     build_dataset(base / "raw" / "ds", {"fan": (8, 4), "valve": (8, 4)}, seconds=1.0)
     done = run(DATA_PREP, "--raw-dir", base / "raw", "--out-dir", base / "processed", "--jobs", "1", "--quiet")
     assert done.returncode == 0, done.stderr
-    return {"base": base, "raw": base / "raw" / "ds", "processed": base / "processed" / "ds"}
+    trained = base / "trained"
+    done = run(MAIN, "train", "--processed-dir", base / "processed" / "ds", "--output-dir", trained, *FAST)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {"base": base, "raw": base / "raw" / "ds", "processed": base / "processed" / "ds", "trained": trained}
 
 
 @pytest.fixture
@@ -95,16 +98,13 @@ def test_second_run_into_a_busy_folder_fails_at_once_naming_the_first(data, tmp_
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    # the kernel drops the lock of a killed process: the folder is usable at once
-    done = run(MAIN, "train", "--processed-dir", data["processed"], "--output-dir", out, *FAST)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert not partials(out)
+    from asd.run_folder import RunLock
+
+    RunLock.acquire(out).release()  # the kernel dropped the lock of the killed process: usable at once
 
 
-def test_a_test_stage_waits_for_no_one_but_refuses_a_busy_folder(data, tmp_path) -> None:
-    out = tmp_path / "run"
-    done = run(MAIN, "train", "--processed-dir", data["processed"], "--output-dir", out, *FAST)
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_a_test_stage_refuses_a_busy_folder(data) -> None:
+    out = data["trained"]
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'source')\n"
                                "from asd.run_folder import RunLock\n"
                                f"lock = RunLock.acquire({str(out)!r}); print('held', flush=True); time.sleep(120)"],
@@ -136,9 +136,7 @@ def test_model_that_cannot_be_saved_fails_only_its_machine_type(data, tmp_path, 
 
 
 def test_score_out_on_a_full_disk_leaves_no_file(data, tmp_path, mount_tmpfs) -> None:
-    run_dir = tmp_path / "run"
-    done = run(MAIN, "train", "--processed-dir", data["processed"], "--output-dir", run_dir, *FAST)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = data["trained"]
     full = mount_tmpfs(tmp_path / "full", "64k")
     fill(full)
     target = full / "scores.csv"
@@ -150,9 +148,7 @@ def test_score_out_on_a_full_disk_leaves_no_file(data, tmp_path, mount_tmpfs) ->
 
 
 def test_score_with_a_full_temporary_folder_is_one_line_not_a_crash(data, tmp_path, mount_tmpfs) -> None:
-    run_dir = tmp_path / "run"
-    done = run(MAIN, "train", "--processed-dir", data["processed"], "--output-dir", run_dir, *FAST)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = data["trained"]
     temp = mount_tmpfs(tmp_path / "tmp", "64k")
     fill(temp, leave=16384)  # room for tempfile's probe of the folder, not for the temporary shard
     done = run(MAIN, "score", "--run", run_dir, "--machine", "fan", "--out", tmp_path / "s.csv",
