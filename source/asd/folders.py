@@ -28,6 +28,24 @@ def check_writable_dir(path: str | Path, option: str) -> Path:
     return path
 
 
+def check_can_write_dir(path: str | Path, option: str) -> Path:
+    """`check_writable_dir` without making anything: `path`, or the nearest folder above it that exists,
+    must take a file (for commands that may still find they have nothing to write)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{option} {path} is a file, not a folder; give a folder path")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        _probe(existing)
+    except OSError as err:
+        raise BadInput(f"{option} {path} is not writable ({err.strerror or err}); choose another folder") from None
+    return path
+
+
 def check_out_file(path: str | Path, option: str) -> Path:
     """A file the command will write at the end: its folder must exist and be writable, and it must not be
     a folder itself. Checked first, so a long computation is never lost to a bad output path."""

@@ -82,7 +82,7 @@ def test_data_prep_refuses_non_finite_numbers(synth_set, tmp_path, args) -> None
     ("epochs: 1.7", "epochs", "'1.7' is not a valid integer"),
     ("epochs: true", "epochs", "is not a valid integer"),
     ("seed: null", "seed", "null is not a value"),
-    ("seed: 4294967296", "seed", "0<=x<=4294967295"),
+    ("seed: 4294967296", "seed", "larger than 4294967295"),
     ("val_fraction: .nan", "val_fraction", "not a finite number"),
     ("min_delta: .inf", "min_delta", "not a finite number"),
     ("threshold_percentile: [10, 20]", "threshold_percentile", "where one value is expected"),

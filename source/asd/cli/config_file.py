@@ -40,13 +40,14 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(f"{value} must hold a mapping of option: value, not a {type(loaded).__name__}",
                                  ctx, param)
     known = {p.name: p for p in ctx.command.params if p.name and p.expose_value}
-    values = {}
-    for raw_key, item in loaded.items():
-        key = _key(raw_key)
-        if key not in known:
+    for raw_key in loaded:  # every key first: a misspelt key is the likelier mistake than a bad value
+        if _key(raw_key) not in known:
             raise click.BadParameter(
                 f"unknown key {raw_key!r} in {value}; the keys of `{ctx.command.name}` are: "
                 + ", ".join(sorted(known)), ctx, param)
+    values = {}
+    for raw_key, item in loaded.items():
+        key = _key(raw_key)
         problem = None
         try:
             text = _as_command_line(known[key], item)
@@ -95,7 +96,10 @@ def _as_command_line(param: click.Parameter, item: Any) -> str | list[str] | Non
 
 
 def _type_problem(ctx: click.Context, param: click.Parameter, text: str | list[str]) -> str | None:
-    """What the option's click type says about the value, as on the command line (None when it takes it)."""
+    """What the option's click type says about the value, as on the command line (None when it takes it).
+    Whether a path exists is left to the moment click uses the value: the command line may override it."""
+    if isinstance(param.type, click.Path):
+        return None
     for one in text if isinstance(text, list) else [text]:
         try:
             param.type.convert(one, param, ctx)

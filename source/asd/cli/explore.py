@@ -38,11 +38,11 @@ def explore_command(processed_dir: Path | None, raw_dir: Path | None, machines: 
         hint = "" if raw_dir is not None else f"; run `{PREP_COMMAND}` first"
         raise click.BadParameter(f"{source} is not a folder{hint}",
                                  param_hint="--raw-dir" if raw_dir is not None else "--processed-dir")
-    from asd.folders import check_writable_dir
+    from asd.folders import check_can_write_dir
     from asd.reports.backend import check_plotting
 
     check_plotting()
-    check_writable_dir(out_dir, "--out")  # a read-only or full place fails now, not after the statistics
+    check_can_write_dir(out_dir, "--out")  # a read-only place fails now, not after the statistics
     from asd.reports.explore import ExploreConfig, explore  # after the checks: it imports matplotlib
 
     config = ExploreConfig(processed_dir=None if raw_dir is not None else source, raw_dir=raw_dir,

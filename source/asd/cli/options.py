@@ -106,15 +106,30 @@ def finite_range(low: float | None = None, high: float | None = None, low_open: 
     return FiniteFloatRange(min=low, max=high, min_open=low_open, max_open=high_open)
 
 
+class BoundedInt(click.IntRange):
+    """A whole number from `min` up, refused above `limit` with a message of its own (the range shown in
+    `--help` and in other errors stays `x>=min`)."""
+
+    def __init__(self, min: int, limit: int, why: str) -> None:  # noqa: A002 - click's own argument name
+        super().__init__(min=min)
+        self.limit, self.why = limit, why
+
+    def convert(self, value, param, ctx) -> int:
+        number = super().convert(value, param, ctx)
+        if number > self.limit:
+            self.fail(f"{number} is larger than {self.limit} ({self.why})", param, ctx)
+        return number
+
+
 # Every seed ends in numpy, whose generators take 0 <= seed < 2**32; a larger one is refused here rather
 # than by numpy after the run folder exists.
 SEED_LIMIT = 2**32 - 1
-SEED = click.IntRange(min=0, max=SEED_LIMIT)
+SEED = BoundedInt(0, SEED_LIMIT, "seeds are below 2**32")
 # Counts that reach C code (torch, joblib) or loops: bounded so a typo is an error, not an overflow or a
 # run that never ends.
-EPOCHS = click.IntRange(min=1, max=1_000_000)
-PATIENCE = click.IntRange(min=1, max=1_000_000)
-THREADS = click.IntRange(min=0, max=4096)
+EPOCHS = BoundedInt(1, 1_000_000, "the most this option takes")
+PATIENCE = BoundedInt(1, 1_000_000, "the most this option takes")
+THREADS = BoundedInt(0, 4096, "the most this option takes")
 POSITIVE = finite_range(low=0, low_open=True)
 VAL_FRACTION = finite_range(low=0, high=1, high_open=True)
 PERCENTILE = finite_range(low=0, high=100, low_open=True, high_open=True)
