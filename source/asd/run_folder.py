@@ -17,11 +17,22 @@ where each model is. Other modules ask it for paths; none composes or searches o
         <dataset>/<machine>/   model.pt, task.json, train.log, loss.png, result.csv, roc.png,
                                score_histogram.png, oof_scores.csv (the normal training clips' out-of-fold
                                scores, which the thresholds are fitted on)
+        .asd-run.lock          who writes the folder now (see `RunLock`)
+
+One writer at a time: a stage that writes the folder holds `RunLock` on it for as long as it runs, so a
+second run into the same folder stops at once, naming the first. Every table is written through a
+temporary name and renamed when complete (`asd.folders`), so a reader never sees half a file and a write
+that fails leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shlex
+import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +63,63 @@ def evaluation_dir_for(submission_dir: str | Path) -> Path:
     submission_dir = Path(submission_dir)
     return submission_dir.parent / "evaluation" if submission_dir.name == "submission" else \
         submission_dir / "evaluation"
+
+
+LOCK_NAME = ".asd-run.lock"
+
+
+class RunLock:
+    """An exclusive lock (`fcntl.flock`) on a run folder's lock file, held by this process until `release`
+    or until the process ends in any way (the kernel drops the lock of a crashed or killed process, so a
+    stale lock never blocks a later run). The file says who holds it: pid, host, command, start time."""
+
+    def __init__(self, folder: str | Path, fd: int) -> None:
+        self.folder = Path(folder)
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, folder: str | Path) -> RunLock:
+        """Lock `folder` (which exists) for this process; BadState naming the holder when another has it."""
+        path = Path(folder) / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise BadState(f"cannot lock run folder {folder} ({path}: {err.strerror or err})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _holder(fd) if isinstance(err, BlockingIOError) else None
+            os.close(fd)
+            if holder is None and not isinstance(err, BlockingIOError):
+                raise BadState(f"cannot lock run folder {folder} ({path}: {err.strerror or err})") from None
+            raise BadState(f"run folder {folder} is in use by another run ({holder}); wait for it to end, or "
+                           "choose another --output-dir") from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(sys.argv),
+                  "started": datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        return cls(folder, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from its file (written right after the lock was taken)."""
+    try:
+        record = json.loads(os.pread(fd, 65536, 0) or b"{}")
+        return (f"pid {record['pid']} on {record['host']}, started {record['started']}: "
+                f"{record['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its details yet"
 
 
 class RunFolder:
@@ -187,11 +255,15 @@ class RunFolder:
     def write_config_yaml(self, text: str) -> Path:
         return write_atomically(self.config_yaml, text)
 
+    def lock(self) -> RunLock:
+        """Hold the folder for this process's writes (`RunLock`); BadState when another run holds it."""
+        return RunLock.acquire(self.path)
+
     # --- tables ----------------------------------------------------------------------------------
     def write_thresholds(self, rows: list[dict]) -> Path:
         import pandas as pd
 
-        pd.DataFrame(rows).to_csv(self.thresholds_csv, index=False)
+        write_atomically(self.thresholds_csv, pd.DataFrame(rows).to_csv(index=False))
         return self.thresholds_csv
 
     def read_thresholds(self) -> pd.DataFrame | None:
@@ -225,7 +297,7 @@ class RunFolder:
                    "label"]
         table = predictions[columns].assign(section=predictions["section"].astype(str))
         table = table.sort_values(["dataset", "machine", "section", "file_name"], kind="mergesort")
-        table.to_csv(self.predictions_csv, index=False, lineterminator="\n")
+        write_atomically(self.predictions_csv, table.to_csv(index=False, lineterminator="\n"))
         return self.predictions_csv
 
     def read_predictions(self) -> pd.DataFrame:
@@ -234,14 +306,12 @@ class RunFolder:
         return pd.read_csv(self.predictions_csv, dtype={"section": str, "file_name": str, "dataset": str})
 
     def write_summary_text(self, text: str) -> Path:
-        self.summary_txt.write_text(text + "\n")
-        return self.summary_txt
+        return write_atomically(self.summary_txt, text + "\n")
 
     def append_summary_text(self, text: str) -> None:
-        """Add lines to summary.txt when the test stage wrote one."""
+        """Add lines to summary.txt when the test stage wrote one (the whole file rewritten atomically)."""
         if self.summary_txt.is_file():
-            with open(self.summary_txt, "a") as file:
-                file.write("\n" + text + "\n")
+            write_atomically(self.summary_txt, self.summary_txt.read_text() + "\n" + text + "\n")
 
     def read_task(self, dataset: str, machine: str) -> dict[str, Any] | None:
         path = self.task_record(dataset, machine)

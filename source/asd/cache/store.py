@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asd.errors import PREP_COMMAND
+from asd.walk import walk
 
 SUMMARY_NAME = "data_prep_summary.json"
 CONFIG_NAME = "data_prep_config.yaml"
@@ -51,8 +52,9 @@ def prep_config_path(out_dir: str | Path) -> Path:
 
 
 def find_shards(folder: str | Path, machines: list[str] | None = None) -> list[Path]:
-    """Every shard file below `folder` (temporary files are never matched), sorted; old layout included."""
-    shards = sorted(p for p in Path(folder).rglob("*.h5") if not p.name.startswith("."))
+    """Every shard file below `folder` (temporary files are never matched), sorted; old layout included.
+    Symbolic links to folders are followed (a linked dataset folder is found), each real folder once."""
+    shards = sorted(p for p in walk(folder).files if p.suffix == ".h5" and not p.name.startswith("."))
     if machines:
         shards = [p for p in shards if p.parent.name in machines]
     return shards

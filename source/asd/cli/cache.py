@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from asd.cli.config_file import config_option
-from asd.cli.options import COMMA_LIST, CONTEXT, JOBS, POSITIVE, SEED, fail_cleanly
+from asd.cli.options import COMMA_LIST, CONTEXT, JOBS, POSITIVE, SEED, fail_cleanly, finite_range
 from asd.errors import PREP_COMMAND, BadInput
 from asd.folders import check_writable_dir
 
@@ -23,7 +23,7 @@ from asd.folders import check_writable_dir
 @click.option("--naming", type=click.Choice(["2024", "2020"]), default="2024", help="DCASE naming style.")
 @click.option("--stereo", is_flag=True, help="Write 2-channel clips (DCASE 2026: left near, right far mic).")
 @click.option("--hidden-attributes", type=COMMA_LIST, default="", help="Machine types whose attributes are hidden.")
-@click.option("--anomaly-strength", default=1.0, type=click.FloatRange(min=0),
+@click.option("--anomaly-strength", default=1.0, type=finite_range(low=0),
               help="Scales every anomaly (0 = inaudible).")
 @click.option("--clip-seconds", default=10.0, type=POSITIVE)
 @click.option("--jobs", default=-1, type=JOBS, help="Worker processes (-1 = all cores).")
@@ -84,6 +84,9 @@ def inspect_command(path: Path, names: int, png: Path | None, segment: int) -> N
         if png.is_dir():
             raise BadInput(f"--png {png} is a folder; give a file name, e.g. {png / 'segment.png'}")
         check_writable_dir(png.parent, "--png folder")
+        from asd.reports.backend import check_plotting
+
+        check_plotting()
         n_segments = Shard(path).n_segments
         if segment >= n_segments:
             raise BadInput(f"--segment {segment} is out of range: {path} has {n_segments} segments "

@@ -1,13 +1,16 @@
 """Option types, checks and the error policy shared by every command; imports nothing heavy (the model
 names and reducers come from the registry, a plain table), so `--help` stays fast.
 
-Every option is checked by click before a command does any work: ranges, choices, the device name, and
-(`asd.folders.check_writable_dir` and `check_out_file`) the places a command will write to.
+Every option is checked by click before a command does any work: ranges (floats must be finite: nan and
+infinity are refused), choices, the device name, and (`asd.folders.check_writable_dir` and
+`check_out_file`) the places a command will write to. A `--config` file's values go through the same
+types (`asd.cli.config_file`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import sys
 
@@ -78,14 +81,55 @@ class Jobs(click.ParamType):
             jobs = int(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a whole number; use -1 (all cores) or N >= 1", param, ctx)
-        if jobs == 0 or jobs < -1:
-            self.fail(f"{jobs} is not allowed; use -1 (all cores) or N >= 1", param, ctx)
+        if jobs == 0 or jobs < -1 or jobs > 4096:
+            self.fail(f"{jobs} is not allowed; use -1 (all cores) or 1 <= N <= 4096", param, ctx)
         return jobs
 
 
 JOBS = Jobs()
-SEED = click.IntRange(min=0)
-EPOCHS = click.IntRange(min=1)
-POSITIVE = click.FloatRange(min=0, min_open=True)
-VAL_FRACTION = click.FloatRange(min=0, max=1, max_open=True)
-PERCENTILE = click.FloatRange(min=0, max=100, min_open=True, max_open=True)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses nan and infinity: every comparison with nan is false, so a plain
+    `click.FloatRange` lets `nan` through whatever its bounds, and `inf` passes any open upper end."""
+
+    def convert(self, value, param, ctx) -> float:
+        number = value if isinstance(value, float) else click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number (nan and infinity are refused)", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def finite_range(low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> FiniteFloatRange:
+    """The float type of every float option: a range of finite numbers."""
+    return FiniteFloatRange(min=low, max=high, min_open=low_open, max_open=high_open)
+
+
+class BoundedInt(click.IntRange):
+    """A whole number from `min` up, refused above `limit` with a message of its own (the range shown in
+    `--help` and in other errors stays `x>=min`)."""
+
+    def __init__(self, min: int, limit: int, why: str) -> None:  # noqa: A002 - click's own argument name
+        super().__init__(min=min)
+        self.limit, self.why = limit, why
+
+    def convert(self, value, param, ctx) -> int:
+        number = super().convert(value, param, ctx)
+        if number > self.limit:
+            self.fail(f"{number} is larger than {self.limit} ({self.why})", param, ctx)
+        return number
+
+
+# Every seed ends in numpy, whose generators take 0 <= seed < 2**32; a larger one is refused here rather
+# than by numpy after the run folder exists.
+SEED_LIMIT = 2**32 - 1
+SEED = BoundedInt(0, SEED_LIMIT, "seeds are below 2**32")
+# Counts that reach C code (torch, joblib) or loops: bounded so a typo is an error, not an overflow or a
+# run that never ends.
+EPOCHS = BoundedInt(1, 1_000_000, "the most this option takes")
+PATIENCE = BoundedInt(1, 1_000_000, "the most this option takes")
+THREADS = BoundedInt(0, 4096, "the most this option takes")
+POSITIVE = finite_range(low=0, low_open=True)
+VAL_FRACTION = finite_range(low=0, high=1, high_open=True)
+PERCENTILE = finite_range(low=0, high=100, low_open=True, high_open=True)

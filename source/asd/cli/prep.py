@@ -14,10 +14,10 @@ import click
 
 from asd.cache.features import CHANNEL_POLICIES, TAIL_POLICIES, FeatureConfig
 from asd.cli.config_file import config_option, effective_config_text
-from asd.cli.options import COMMA_LIST, CONTEXT, fail_cleanly
+from asd.cli.options import COMMA_LIST, CONTEXT, fail_cleanly, finite_range
 from asd.errors import MAIN_COMMAND, PREP_COMMAND
 
-POSITIVE_SECONDS = click.FloatRange(min=0.0, min_open=True, max=600.0)
+POSITIVE_SECONDS = finite_range(low=0.0, low_open=True, high=600.0)
 
 
 def _check_jobs(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -55,7 +55,7 @@ def feature_config(segment_seconds: float, hop_seconds: float, tail: str, channe
               help="Root holding <dataset>/<machine>/{train,test}/*.wav.")
 @click.option("--out-dir", default="data/processed", type=click.Path(),
               help="Where the shards go (mirrors the raw tree).")
-@click.option("--jobs", default=-1, type=int, callback=_check_jobs,
+@click.option("--jobs", default=-1, type=click.IntRange(-4096, 4096), callback=_check_jobs,
               help="Parallel workers (-1 = all cores, -2 = all but one, ...).")
 @click.option("--machines", type=COMMA_LIST, default="", show_default=False,
               help="Comma-separated machine types (default: all found).")

@@ -20,14 +20,18 @@ from asd.cli.options import (
     CONTEXT,
     DEVICE,
     EPOCHS,
+    PATIENCE,
     PERCENTILE,
     SEED,
+    SEED_LIMIT,
+    THREADS,
     VAL_FRACTION,
     fail_cleanly,
+    finite_range,
 )
 from asd.errors import MAIN_COMMAND, BadInput
 from asd.evaluation.thresholds import METHODS as THRESHOLD_METHODS
-from asd.folders import check_out_file
+from asd.folders import check_out_file, write_atomically
 from asd.models.registry import DEFAULT_MODEL, DEFAULT_THREADS, MODELS, REDUCERS
 
 
@@ -54,13 +58,13 @@ def training_options(func):
                      help="Train exactly this many epochs, >= 1 (default: stop early, see --max-epochs)."),
         click.option("--max-epochs", default=None, type=EPOCHS,
                      help="Most epochs when stopping early (default: the model's, 100 for the autoencoders)."),
-        click.option("--patience", default=5, type=click.IntRange(min=1),
+        click.option("--patience", default=5, type=PATIENCE,
                      help="Stop early after this many epochs without improvement of the held-out loss."),
-        click.option("--min-delta", default=0.005, type=click.FloatRange(min=0, max=1, max_open=True),
+        click.option("--min-delta", default=0.005, type=finite_range(low=0, high=1, high_open=True),
                      help="Relative improvement of the held-out loss that counts, in [0, 1)."),
         click.option("--seed", default=0, type=SEED, help="Random seed, >= 0 (same seed, same scores)."),
         click.option("--device", default="auto", type=DEVICE, help="auto | cpu | cuda | cuda:N"),
-        click.option("--threads", default=DEFAULT_THREADS, type=click.IntRange(min=0),
+        click.option("--threads", default=DEFAULT_THREADS, type=THREADS,
                      help="torch threads per training process (0 = every core; more threads than free cores "
                           "slow training down several times on a busy machine)."),
         click.option("--val-fraction", default=0.0, type=VAL_FRACTION,
@@ -93,8 +97,8 @@ def _seed_list(text: str) -> tuple[int, ...]:
         seeds = tuple(int(s) for s in str(text).split(",") if s.strip())
     except ValueError:
         raise BadInput(f"--seeds {text!r}: expected whole numbers >= 0, e.g. 0,1,2") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise BadInput(f"--seeds {text!r}: expected distinct whole numbers >= 0, e.g. 0,1,2")
+    if any(not 0 <= s <= SEED_LIMIT for s in seeds) or len(set(seeds)) != len(seeds):
+        raise BadInput(f"--seeds {text!r}: expected distinct whole numbers from 0 to {SEED_LIMIT}, e.g. 0,1,2")
     return seeds
 
 
@@ -187,8 +191,15 @@ def test_command(run_dir: Path, machines: tuple[str, ...], device: str | None, g
 @fail_cleanly
 def summarize_command(runs: tuple[Path, ...], html_path: Path | None) -> None:
     """One table over machine types; several runs side by side."""
+    from asd.folders import check_writable_dir
+    from asd.reports.backend import check_plotting
     from asd.reports.run_page import default_comparison_path, write_comparison_page
     from asd.reports.summary import compare_runs
+
+    check_plotting()
+    if html_path is not None and html_path.is_dir():
+        raise BadInput(f"--html {html_path} is a folder; give a file name, e.g. {html_path / 'compare.html'}")
+    check_writable_dir((html_path or default_comparison_path(list(runs))).parent, "--html folder")
 
     click.echo(compare_runs(list(runs)))
     replaced = html_path is not None and html_path.exists()
@@ -226,7 +237,7 @@ def score_command(run_dir, machine, dataset, out_csv, aggregate, device, paths) 
     check_aggregate(detector, aggregate)
     resolve_device(device)
     table, skipped = score_paths(detector, machine, list(paths), device=device)
-    table.to_csv(out_csv, index=False)
+    write_atomically(out_csv, table.to_csv(index=False))  # a full disk leaves no CSV cut mid-number
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         click.echo(table.to_string(index=False))
     for path, reason in skipped:

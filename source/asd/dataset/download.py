@@ -8,6 +8,12 @@ backoff, size and MD5 checked against the list or, where the list has none, agai
 own metadata; then every zip member is extracted into a staging folder with its CRC checked, and only a
 fully verified archive is moved into place (a folder rename where the target does not exist yet). A
 marker file records finished archives, so a second run checks and does nothing.
+
+The checksums come from the same place as the archive, so they prove nothing against a hostile mirror:
+before a single byte is unpacked, every member is checked to be a plain file or folder whose path stays
+inside the target folder (`member_problems`). An absolute name, a `..` part, a Windows path, a symbolic
+link, a device file, a fifo or a name that appears twice makes the whole archive refused, with the
+members named; nothing is unpacked and the archive is deleted. (Only zip archives are handled.)
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import http.client
 import json
 import os
 import shutil
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -196,10 +203,50 @@ def verify_archive(path: Path, size: int | None, md5: str | None) -> None:
                             "unpacked. Rerun to download it again; if it fails again the mirror is corrupt.")
 
 
+_UNIX = 3  # ZipInfo.create_system of archives made on Unix: the high 16 bits of external_attr are st_mode
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member must not be unpacked, or None for a plain file or folder with a relative name."""
+    name = info.filename
+    if info.create_system == _UNIX and (kind := stat.S_IFMT(info.external_attr >> 16)):
+        if stat.S_ISLNK(kind):
+            return "a symbolic link"
+        if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+            return "a device file, fifo or socket"
+    if "\\" in name:
+        return "a Windows path (backslashes)"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "a path with '..' (it would land outside the target folder)"
+    return None
+
+
+def member_problems(infos: list[zipfile.ZipInfo], machine: str) -> list[str]:
+    """`name: reason` for every member that must not be unpacked (empty when the archive is safe)."""
+    problems, seen = [], set()
+    for info in infos:
+        problem = _member_problem(info)
+        if problem is None and (target := _member_target(info.filename, machine)) is not None:
+            if target in seen:
+                problem = f"a second member unpacked to {target}"
+            seen.add(target)
+        if problem is not None:
+            problems.append(f"{info.filename!r}: {problem}")
+    return problems
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` resolves to a place inside `folder` (symbolic links followed)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
 def _member_target(name: str, machine: str) -> PurePosixPath | None:
-    """Where a zip member goes, relative to the <raw> folder: <machine>/<rest>; None for folders and junk."""
+    """Where a zip member goes, relative to the <raw> folder: <machine>/<rest>; None for folders and junk.
+    Only called on names `_member_problem` accepted (relative, no `..`)."""
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
-    if not parts or name.endswith("/") or parts[0] == "__MACOSX" or ".." in parts:
+    if not parts or name.endswith("/") or parts[0] == "__MACOSX":
         return None
     # An archive holding train/ and test/ directly gets the machine folder added.
     parts = parts[parts.index(machine):] if machine in parts[:-1] else [machine, *parts]
@@ -210,13 +257,23 @@ def unpack(archive_path: Path, machine: str, folder: Path) -> list[str]:
     """Extract into a staging folder (CRC of every member checked while reading), then move into `folder`.
 
     Returns the top-level entries it placed under `folder/<machine>`. A bad member removes the staging
-    folder and raises DownloadError: nothing is half unpacked.
+    folder and raises DownloadError: nothing is half unpacked. A member that is not a plain file or folder
+    inside `folder` (`member_problems`) refuses the whole archive before anything is written.
     """
     staging = folder / f".unpack-{archive_path.stem}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive_path) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            refused = member_problems(infos, machine)
+            if refused:
+                archive_path.unlink(missing_ok=True)
+                shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
+                raise DownloadError(
+                    f"{archive_path.name}: refused, {len(refused)} member(s) would not stay plain files inside "
+                    f"{folder} ({shown}). Nothing was unpacked and the archive was deleted; the mirror "
+                    "(--base-url) is not to be trusted.")
+            for info in infos:
                 target = _member_target(info.filename, machine)
                 if target is None:
                     continue
@@ -224,9 +281,15 @@ def unpack(archive_path: Path, machine: str, folder: Path) -> list[str]:
                 # exists until the verified folder is renamed into place.
                 top, *rest = target.parts[1:]
                 out = staging.joinpath(target.parts[0], top + PARTIAL, *rest)
+                if not _inside(out, staging):  # a second line of defence: the path as the OS resolves it
+                    raise DownloadError(f"{archive_path.name}: member {info.filename!r} resolves to {out}, "
+                                        f"outside {staging}; nothing was unpacked")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(out, "wb") as dst:  # zipfile checks the CRC at the end
                     shutil.copyfileobj(src, dst, CHUNK)
+    except DownloadError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         archive_path.unlink(missing_ok=True)

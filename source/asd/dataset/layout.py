@@ -14,8 +14,10 @@ import re
 import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+from asd.walk import AUDIO_SUFFIXES, is_audio_name, walk
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,8 +79,8 @@ def parse_clip_name(file_name: str) -> ClipName:
     label "unknown" (and domain "unknown" when the name has none).
     """
     stem = Path(file_name).name
-    if stem.lower().endswith(".wav"):
-        stem = stem[:-4]
+    if is_audio_name(stem):  # .wav or .flac, any case
+        stem = stem[: -len(Path(stem).suffix)]
     match = _SECTION_NAME.match(stem)
     if match:
         parts = match.groupdict()
@@ -111,14 +113,55 @@ def parse_clip_name(file_name: str) -> ClipName:
 
 
 def find_machine_dirs(raw_root: Path) -> list[Path]:
-    """Every folder below `raw_root` that holds at least one split folder with wav files, sorted."""
+    """Every folder below `raw_root` that holds at least one split folder with audio files, sorted (symbolic
+    links to folders followed, see `asd.walk`)."""
+    return scan_tree(raw_root).machine_dirs
+
+
+@dataclass
+class RawTree:
+    """What lies below a raw root: the machine folders, the audio files of each split folder, and every
+    file or folder that will not be read, with the reason."""
+
+    machine_dirs: list[Path]
+    clips: dict[Path, list[Path]]  # split folder -> audio files directly inside it, sorted
+    skipped: list[SkippedFile]
+
+
+NOT_AUDIO = f"not an audio file: only {', '.join(AUDIO_SUFFIXES)} files (any case) are read"
+NOT_IN_SPLIT = ("not directly inside a split folder (" + ", ".join(f"{name}/" for name in SPLIT_FOLDERS)
+                + ") of a machine type folder: not read")
+
+
+def scan_tree(raw_root: Path) -> RawTree:
+    """Sort every file below `raw_root` into clips (audio files directly inside a split folder) and files
+    that are skipped with the reason: a file in a split folder that is not audio, an audio file elsewhere,
+    a broken symbolic link anywhere, a folder that cannot be read or is reached twice. Other files outside
+    split folders (attribute tables, notes, download markers) are not clips and are not listed."""
     raw_root = Path(raw_root)
-    found: set[Path] = set()
-    for split_name in SPLIT_FOLDERS:
-        for split_dir in raw_root.rglob(split_name):
-            if split_dir.is_dir() and any(split_dir.glob("*.wav")):
-                found.add(split_dir.parent)
-    return sorted(found)
+    tree = walk(raw_root)
+    clips: dict[Path, list[Path]] = {}
+    skipped = [SkippedFile(printable(_rel(path, raw_root)), reason) for path, reason in tree.unread]
+    for path in tree.files:
+        in_split = path.parent.name in SPLIT_FOLDERS and path.parent != raw_root
+        if is_audio_name(path.name):
+            if in_split:
+                clips.setdefault(path.parent, []).append(path)
+            else:
+                skipped.append(SkippedFile(printable(_rel(path, raw_root)), NOT_IN_SPLIT))
+        elif in_split:
+            skipped.append(SkippedFile(printable(_rel(path, raw_root)), unusable_path(path) or NOT_AUDIO))
+        elif path.is_symlink() and not path.exists():
+            skipped.append(SkippedFile(printable(_rel(path, raw_root)), unusable_path(path) or "broken link"))
+    for folder in tree.folders:  # e.g. a folder named like a clip: nothing to decode
+        if folder.parent.name in SPLIT_FOLDERS and is_audio_name(folder.name):
+            skipped.append(SkippedFile(printable(_rel(folder, raw_root)), "not a regular file (a folder)"))
+    machine_dirs = sorted({folder.parent for folder in clips})
+    return RawTree(machine_dirs, clips, skipped)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) and path != root else str(path)
 
 
 # The official archives unpack to <dataset>/dev_data/raw/<machine>/ and <dataset>/eval_data/raw/<machine>/
@@ -200,17 +243,16 @@ def scan_raw_records(raw_root: Path, machines: list[str] | None = None) -> tuple
     data_prep's manifest, so its start-up needs no pandas."""
     raw_root = Path(raw_root).resolve()
     rows: list[dict] = []
-    skipped: list[SkippedFile] = []
-    for machine_dir in find_machine_dirs(raw_root):
+    tree = scan_tree(raw_root)
+    # With --machines, what lies in the other machine types' folders is not this run's business.
+    skipped = [f for f in tree.skipped if not machines or set(machines) & set(PurePosixPath(f.path).parts)]
+    for machine_dir in tree.machine_dirs:
         machine = machine_dir.name
         if machines and machine not in machines:
             continue
         dataset = dataset_name(raw_root, machine_dir)
         for split_folder, split in SPLIT_FOLDERS.items():
-            split_dir = machine_dir / split_folder
-            if not split_dir.is_dir():
-                continue
-            for wav in sorted(split_dir.glob("*.wav")):
+            for wav in tree.clips.get(machine_dir / split_folder, []):
                 rel = wav.relative_to(raw_root).as_posix()
                 problem = unusable_path(wav)
                 if problem:
@@ -234,6 +276,7 @@ def scan_raw_records(raw_root: Path, machines: list[str] | None = None) -> tuple
         check_attributes_csv(machine_dir, [r for r in rows if r["machine"] == machine
                                            and r["dataset"] == dataset])
     rows.sort(key=lambda row: (row["dataset"], row["machine"], row["split_folder"], row["file_name"]))
+    skipped.sort(key=lambda f: f.path)
     return rows, skipped
 
 

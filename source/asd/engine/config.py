@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -101,12 +102,30 @@ def _parse_model_option(text: str, fields: dict) -> tuple[str, object]:
                 raise ValueError("expected true or false")
             return name, raw.lower() in ("true", "1", "yes")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
-            return name, type(default)(json.loads(raw))
+            return name, _number(json.loads(raw), type(default))
         if isinstance(default, tuple):
-            return name, tuple(json.loads(f"[{raw}]")) if raw.strip() else ()
-        return name, raw if default is None or isinstance(default, str) else json.loads(raw)
+            return name, _finite(tuple(json.loads(f"[{raw}]")) if raw.strip() else ())
+        return name, raw if default is None or isinstance(default, str) else _finite(json.loads(raw))
     except (ValueError, TypeError) as err:
         raise BadInput(f"--model-option {text!r}: {err}") from None
+
+
+def _number(value: object, kind: type) -> int | float:
+    """A model setting's number as its field's type: a whole-number field refuses `1.7` (never truncated),
+    and no field takes nan or infinity (json reads `NaN`, `Infinity` and `1e999`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, not {value!r}")
+    if kind is int and not isinstance(value, int):
+        raise ValueError(f"expected a whole number, not {value!r}")
+    return kind(_finite(value))
+
+
+def _finite(value):
+    """`value` unchanged when every number in it is finite; ValueError otherwise."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        raise ValueError(f"{value!r} holds a number that is not finite (nan and infinity are refused)")
+    return value
 
 
 def _model_options(model: str, options: dict[str, Any]) -> dict[str, Any]:

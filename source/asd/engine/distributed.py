@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -32,6 +33,23 @@ def check_scheduler(spec: str) -> str:
                    "tcp://10.0.0.5:8786")
 
 
+CONNECT_SECONDS = 10  # how long a scheduler address may take to answer before the command gives up
+
+
+def probe_scheduler(spec: str, seconds: float = CONNECT_SECONDS) -> None:
+    """A scheduler address must accept a connection now: BadInput naming it otherwise (refused, no route,
+    unknown host or silence), in at most `seconds`, before any work starts."""
+    address = spec.split("://", 1)[-1]
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+            pass
+    except (OSError, ValueError) as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (getattr(err, "strerror", None) or str(err))
+        raise BadInput(f"--scheduler {spec}: no scheduler can be reached there ({reason}); start one with "
+                       "`dask scheduler` and check the address, or use --scheduler local") from None
+
+
 @contextmanager
 def connect(spec: str):
     """A dask.distributed Client for `spec` (see `check_scheduler`); a local cluster is closed afterwards."""
@@ -44,7 +62,7 @@ def connect(spec: str):
                 Client(cluster) as client:
             yield client
     else:
-        with Client(spec, timeout="30s") as client:
+        with Client(spec, timeout=f"{CONNECT_SECONDS}s") as client:
             yield client
 
 
@@ -60,6 +78,20 @@ class DaskExecutor:
         self.log = log
         self._stack = ExitStack()
         self._client = None
+        if not _LOCAL.match(self.spec):  # a remote scheduler must answer now, not after the planning
+            probe_scheduler(self.spec)
+            self._connect()
+
+    def _connect(self) -> None:
+        """The client, connected once. Connecting is a probe of the environment: whatever stops it (a port
+        that answers but is no Dask scheduler, a timeout, a version mismatch) is one line naming the address."""
+        try:
+            self._client = self._stack.enter_context(connect(self.spec))
+        except Exception as err:
+            self._stack.close()
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise BadInput(f"--scheduler {self.spec}: cannot connect to a Dask scheduler there ({reason}); check "
+                           "the address, or use --scheduler local") from None
 
     def __enter__(self) -> DaskExecutor:
         return self
@@ -77,7 +109,7 @@ class DaskExecutor:
         from dask.distributed import as_completed
 
         if self._client is None:
-            self._client = self._stack.enter_context(connect(self.spec))
+            self._connect()
         workers = len(self._client.scheduler_info()["workers"])
         self.log(f"{len(argument_lists)} {label}(s) on {workers} worker(s)")
         futures = {self._client.submit(function, *arguments, pure=False): arguments for arguments in argument_lists}

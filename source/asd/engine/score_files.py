@@ -15,17 +15,31 @@ from asd.cache.audio import BadAudio, read_clip
 from asd.cache.features import FeatureConfig, segment_features
 from asd.cache.shard import Shard
 from asd.cache.writer import ShardWriter
-from asd.dataset.layout import UnparseableName, parse_clip_name
+from asd.dataset.layout import NOT_AUDIO, UnparseableName, parse_clip_name, unusable_path
 from asd.errors import BadInput
 from asd.models.base import ALL_SECTIONS, Detector
+from asd.walk import is_audio_name, walk
 
 
-def _wav_files(paths: list[Path]) -> list[Path]:
+def audio_files(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files to score: every file named (whatever its extension: the decoder decides), and below every
+    folder named, every file with an audio extension (`asd.walk.AUDIO_SUFFIXES`, any case; links to
+    folders followed). Also every other file and unread folder below those folders, with the reason."""
     files: list[Path] = []
-    for path in paths:
-        files += sorted(p for p in Path(path).rglob("*") if p.suffix.lower() == ".wav") if path.is_dir() \
-            else [Path(path)]
-    return files
+    skipped: list[tuple[str, str]] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        tree = walk(path)
+        skipped += [(str(folder), reason) for folder, reason in tree.unread]
+        for file in tree.files:
+            problem = unusable_path(file) or (None if is_audio_name(file.name) else NOT_AUDIO)
+            if problem is None:
+                files.append(file)
+            else:
+                skipped.append((str(file), problem))
+    return files, skipped
 
 
 def check_aggregate(detector: Detector, aggregate: str | None) -> None:
@@ -42,12 +56,13 @@ def score_paths(detector: Detector, machine: str, paths: list[Path], device: str
     """Score wav files (any names) or folders of them with a fitted detector of a machine type. Returns
     the table (file, section, score, threshold, decision) and the files skipped with the reason."""
     config = FeatureConfig(**detector.feature_config_)
-    skipped: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="asd-score-") as tmp:
-        writer = ShardWriter(Path(tmp) / "score.h5", config, {"dataset": "score", "machine": machine,
-                                                             "split": "score", "source_root": "",
-                                                             "source_digest": ""})
-        for path in _wav_files(paths):
+    files, skipped = audio_files(paths)
+    # Every HDF5 file is closed before the temporary folder goes (on success and on any failure, a full
+    # temporary disk included): a file still open when its folder is deleted crashes the library at exit.
+    with tempfile.TemporaryDirectory(prefix="asd-score-") as tmp, \
+            ShardWriter(Path(tmp) / "score.h5", config, {"dataset": "score", "machine": machine, "split": "score",
+                                                        "source_root": "", "source_digest": ""}) as writer:
+        for path in files:
             try:
                 clip = read_clip(str(path), config)
             except BadAudio as err:
@@ -66,13 +81,14 @@ def score_paths(detector: Detector, machine: str, paths: list[Path], device: str
                                "original_channels": clip.original_channels, "notes": "; ".join(clip.notes)}],
                              [feats])
         if writer.n_clips == 0:
-            writer.abort()
-            raise BadInput("no usable wav file among the given paths"
-                                    + "".join(f"\n  {p}: {r}" for p, r in skipped))
+            raise BadInput("no usable audio file among the given paths"
+                           + "".join(f"\n  {p}: {r}" for p, r in skipped))
         shard = Shard(writer.commit())
-        scores = detector.score_clips(shard, device=device)
-        clips = shard.clips.loc[scores.index]
-        shard.close()
+        try:
+            scores = detector.score_clips(shard, device=device)
+            clips = shard.clips.loc[scores.index]
+        finally:
+            shard.close()
     table = pd.DataFrame({"file": clips["rel_path"].to_numpy(), "section": clips["section"].to_numpy(),
                           "domain": clips["domain"].to_numpy(), "score": scores.to_numpy()})
     table["threshold"], table["decision"] = detector.decisions(table["score"].to_numpy(), table["section"].to_numpy(),

@@ -27,7 +27,8 @@ from asd.cache.shard import check_shard
 from asd.cache.store import MachineData, discover, old_layout_note
 from asd.engine.config import RunConfig
 from asd.errors import PREP_COMMAND, AsdError, BadInput, BadState
-from asd.folders import check_writable_dir
+from asd.folders import check_writable_dir, write_atomically
+from asd.reports.backend import check_plotting
 from asd.run_folder import RunFolder
 
 
@@ -168,7 +169,16 @@ def train_stage(config: RunConfig, folder: RunFolder, executor, *, test: bool,
 
     machines = discover_checked(config)
     device = resolve_device(config.fit.device)  # BadInput before any work when no GPU is there
+    check_plotting()  # a bad MPLBACKEND stops the run now, not after the training
     folder = RunFolder(check_writable_dir(folder.path, "--output-dir"))
+    with folder.lock():  # one writer per run folder: a second run into it stops here, naming this one
+        return _train_locked(config, folder, executor, machines, device, test, seeds, on_folder)
+
+
+def _train_locked(config: RunConfig, folder: RunFolder, executor, machines: list[MachineData], device: object,
+                  test: bool, seeds: tuple[int, ...], on_folder: Callable[[RunConfig, RunFolder], None] | None
+                  ) -> list[StageOutcome]:
+    """`train_stage` once its checks are done and the run folder is held."""
     detector = config.make_detector()
     plans = []
     for seed in seeds or (config.fit.seed,):
@@ -197,6 +207,7 @@ def train_stage(config: RunConfig, folder: RunFolder, executor, *, test: bool,
         plan.folder.update_config({"trained": plan.outcome.done, "failed": plan.outcome.failed})
         if test:
             _report(plan, machines)
+            _record_failures(plan.outcome)
     if len(plans) > 1:
         _report_seeds(folder, plans)
     return [plan.outcome for plan in plans]
@@ -212,12 +223,19 @@ def test_stage(folder: RunFolder, machines: tuple[str, ...] = (), device: str | 
     config = RunConfig.from_dict(folder.run_record())
     config = config.with_device(device) if device else config
     resolve_device(config.fit.device)
+    check_plotting()
     check_writable_dir(folder.path, "--run")
     wanted = list(machines or config.machines) or None
     found = [m for m in discover(config.processed_dir, wanted) if m.tests]
     if not found:
         raise BadState(f"nothing to test in {folder}: no machine type of it has test shards under "
                        f"{config.processed_dir}")
+    with folder.lock():
+        return _test_locked(folder, config, found, executor)
+
+
+def _test_locked(folder: RunFolder, config: RunConfig, found: list[MachineData], executor) -> StageOutcome:
+    """`test_stage` once its checks are done and the run folder is held."""
     plan = _Plan(config, StageOutcome(folder))
     trained_failed = folder.read_config().get("failed", {})
     tasks = []
@@ -230,6 +248,7 @@ def test_stage(folder: RunFolder, machines: tuple[str, ...] = (), device: str | 
     click.echo(f"testing {len(tasks)} machine type(s) from {folder}")
     _run_tasks([plan], tasks, executor or InProcess())
     _report(plan, found)
+    _record_failures(plan.outcome)
     return plan.outcome
 
 
@@ -343,7 +362,7 @@ def _report_seeds(folder: RunFolder, plans: list[_Plan]) -> None:
     if not rows:
         return
     table = pd.DataFrame(rows)
-    table.to_csv(folder.seeds_csv, index=False)
+    write_atomically(folder.seeds_csv, table.to_csv(index=False))
     for dataset, part in table.groupby("dataset", sort=True):
         values = part["official score"].tolist()
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -351,19 +370,27 @@ def _report_seeds(folder: RunFolder, plans: list[_Plan]) -> None:
                    f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± sd; each seed's run in its seed_<s>/)")
 
 
+def failure_text(outcome: StageOutcome) -> str:
+    """What failed in one run folder, as `finish` prints it and summary.txt ends with it."""
+    lines = [f"FAILED: {len(outcome.failed)} machine type(s); done: {len(outcome.done)}"
+             f" ({', '.join(outcome.done) or 'none'})"]
+    lines += [f"  {key}: {why}" for key, why in outcome.failed.items()]
+    if outcome.rerun_hint:
+        lines.append(f"  once mended, {outcome.rerun_hint}")
+    return "\n".join(lines)
+
+
+def _record_failures(outcome: StageOutcome) -> None:
+    """Append what failed to summary.txt, while the stage still holds the run folder."""
+    if outcome.failed and outcome.reported:
+        outcome.folder.append_summary_text(failure_text(outcome))
+
+
 def finish(outcomes: list[StageOutcome]) -> None:
-    """Print what failed (also appended to summary.txt) and exit 1 if anything did."""
+    """Print what failed (the stage appended it to summary.txt) and exit 1 if anything did."""
     failed = [outcome for outcome in outcomes if outcome.failed]
     if not failed:
         return
     for outcome in failed:
-        lines = [f"FAILED: {len(outcome.failed)} machine type(s); done: {len(outcome.done)}"
-                 f" ({', '.join(outcome.done) or 'none'})"]
-        lines += [f"  {key}: {why}" for key, why in outcome.failed.items()]
-        if outcome.rerun_hint:
-            lines.append(f"  once mended, {outcome.rerun_hint}")
-        text = "\n".join(lines)
-        click.echo("\n" + text)
-        if outcome.reported:
-            outcome.folder.append_summary_text(text)
+        click.echo("\n" + failure_text(outcome))
     raise SystemExit(1)

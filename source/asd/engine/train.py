@@ -7,6 +7,7 @@ from `fit_shared`, trained once per dataset before the machine types.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,13 +154,45 @@ def fit_machine(machine: MachineData, config: RunConfig, log: Callable[[str], No
                       for r in rows]
 
 
+def save_model(detector: Detector, machine: MachineData, config: RunConfig, folder: RunFolder) -> None:
+    """Save the machine type's model; a save that fails leaves no temporary file, and when the file could
+    not be written (a full disk, a size limit: torch reports these as a C++ RuntimeError) it becomes
+    BadState, so this machine type fails with one line and the others go on."""
+    path = folder.model_path(machine.dataset, machine.machine)
+    try:
+        save_detector(detector, path, config.to_dict())
+    except BaseException as err:
+        folder.remove_partial_files(machine.dataset, machine.machine)
+        reason = _write_failure(err, path.parent)
+        if reason is None:
+            raise
+        raise BadState(f"model not saved: cannot write {path} ({reason}); free some space or choose another "
+                       "--output-dir, then rerun") from None
+
+
+def _write_failure(err: BaseException, folder: Path) -> str | None:
+    """Why writing a file failed, when `err` says it did (None: any other error, which is a bug)."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    # torch's writer (caffe2 inline_container) reports a failed write as "unexpected pos ..." or
+    # "PytorchStreamWriter failed writing file ...", without the system's reason
+    text = str(err)
+    if isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        try:
+            full = os.statvfs(folder).f_bavail == 0
+        except OSError:
+            full = False
+        return "no space left on device" if full else f"the write failed: {text.splitlines()[0]}"
+    return None
+
+
 def train_machine(machine: MachineData, config: RunConfig, folder: RunFolder, shared: object | None = None
                   ) -> list[dict]:
     """`fit_machine` into the run folder: train.log, model.pt (with the run configuration) and loss.png;
     returns the threshold rows."""
     with _log_file(folder.train_log(machine.dataset, machine.machine)) as log:
         detector, rows = fit_machine(machine, config, log, shared)
-    save_detector(detector, folder.model_path(machine.dataset, machine.machine), config.to_dict())
+    save_model(detector, machine, config, folder)
     folder.write_oof_scores(machine.dataset, machine.machine, detector.decision_scores_)
     from asd.reports.plots import plot_loss_curve, plot_out_of_fold_histograms
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from asd.dataset.layout import UnparseableName, parse_clip_name
 from asd.evaluation.metrics import DOMAINS, check_rules, dataset_score, machine_results, metrics_table
+from asd.folders import atomic_file
 
 PREDICTION_COLUMNS = ("file_name", "machine", "section", "domain", "label", "score", "threshold", "decision")
 
@@ -49,8 +50,9 @@ def _fmt(value: float | int) -> str:
 
 
 def _write_rows(path: Path, rows: Iterable[Sequence[object]]) -> Path:
+    """A CSV written whole or not at all (`asd.folders.atomic_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows(rows)
     return path
 

@@ -18,6 +18,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from asd.folders import atomic_file
+
 DPI = 80
 
 
@@ -175,10 +177,10 @@ def page(title: str, intro: str, sections: Iterable[tuple[str, str]]) -> str:
 
 
 def write_page(path: Path, text: str) -> Path:
-    """Write a page atomically (a reader never sees half a page)."""
+    """Write a page atomically (a reader never sees half a page; a write that fails, e.g. at a file size
+    limit, leaves nothing and raises BadState naming the page)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

@@ -18,15 +18,18 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from asd.evaluation.metrics import DOMAINS, auc_or_nan
+from asd.folders import atomic_file
 
 _DPI = 120
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Draw `fig` into `path` whole or not at all (the format from the name: the temporary has another)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=_DPI)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=_DPI, format=out.suffix.lstrip(".") or "png")
     return out
 
 
