@@ -36,7 +36,7 @@ from asd.engine.config import RunConfig  # noqa: E402
 from asd.engine.train import normal_split, shared_groups  # noqa: E402
 from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
 from asd.evaluation.thresholds import fit_threshold_table  # noqa: E402
-from asd.models.checkpoint import load_detector  # noqa: E402
+from asd.models.checkpoint import load_detector, read_checkpoint  # noqa: E402
 from asd.models.embedding_data import clip_class_names  # noqa: E402
 from asd.models.fold_networks import FoldCalibration, assign_folds  # noqa: E402
 from asd.models.knn_domain import DomainBanks  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--variants", default="base,mixup4,density,mixup4+density")
     args = parser.parse_args()
     folder = RunFolder(args.run)
-    config = RunConfig.from_dict(folder.run_record())
+    config = _run_config(folder)
     machines = [m for m in discover(config.processed_dir, list(config.machines) or None) if m.tests and m.train]
     folds_of = run_folds(config, machines)
     variants = [v for v in args.variants.split(",") if v]
@@ -143,6 +143,14 @@ def main() -> None:
     print(f"\nrun {args.run} ({config.model}, seed {config.fit.seed}; its own official score "
           f"{_official(folder, machines[0].dataset)}):\n"
           + pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format))
+
+
+def _run_config(folder: RunFolder) -> RunConfig:
+    """The run's configuration: from config.json, else (bench_quality's runs) from a model.pt."""
+    if folder.config_json.is_file():
+        return RunConfig.from_dict(folder.run_record())
+    model = next(folder.path.rglob("model.pt"))  # a bench run folder: every model holds the run configuration
+    return RunConfig.from_dict(read_checkpoint(model)["run_config"])
 
 
 def _official(folder: RunFolder, dataset: str) -> str:

@@ -179,11 +179,13 @@ class DomainBanks:
 
     @classmethod
     def from_state(cls, state: dict) -> DomainBanks:
-        n_centroids, seed, mixup, density, neighbours = [int(v) for v in state["settings"]]
+        # A checkpoint from before the target-bank options holds two settings and no scales: their defaults.
+        n_centroids, seed, mixup, density, neighbours = [*(int(v) for v in state["settings"]), 0, 0, 5][:5]
         banks = cls(n_centroids, seed, mixup, bool(density), neighbours)
         keys = [(str(s), str(d)) for s, d in state["keys"]]
         banks.banks_ = {key: bank.numpy() for key, bank in zip(keys, state["banks"], strict=True)}
-        banks.scales_ = {key: scales.numpy() for key, scales in zip(keys, state["scales"], strict=True)}
+        scales = state.get("scales") or [torch.ones(len(bank), dtype=torch.float64) for bank in state["banks"]]
+        banks.scales_ = {key: s.numpy() for key, s in zip(keys, scales, strict=True)}
         return banks
 
 
