@@ -46,12 +46,13 @@ def segment_rows_of(shard: Shard, clip_indices: np.ndarray) -> np.ndarray:
 
 
 def read_rows(shard: Shard, rows: np.ndarray, what: str = "logmel") -> np.ndarray:
-    """Read sorted segment rows with one contiguous HDF5 read per run of consecutive rows."""
-    dataset = shard.file[what]
+    """Read sorted segment rows with one contiguous HDF5 read per run of consecutive rows, each row checked
+    against its stored checksum (`Shard.read`: DamagedFile naming the shard when one does not match)."""
     if len(rows) == 0:
+        dataset = shard.file[what]
         return np.zeros((0, *dataset.shape[1:]), dtype=dataset.dtype)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    parts = [dataset[int(run[0]):int(run[-1]) + 1] for run in np.split(rows, breaks)]
+    parts = [shard.read(what, slice(int(run[0]), int(run[-1]) + 1)) for run in np.split(rows, breaks)]
     return np.concatenate(parts)
 
 
