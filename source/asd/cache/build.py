@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from asd.cache.audio import BadAudio, probe, read_clip
 from asd.cache.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
 from asd.cache.heap import keep_freed_memory
-from asd.cache.integrity import Damage, check_header, first_line, stamp_matches, verify_shard, write_stamp
+from asd.cache.integrity import GARBLED, Damage, check_header, first_line, stamp_matches, write_stamp
 from asd.cache.melspec import one_thread_each
-from asd.cache.shard import StaleShard, read_shard_attrs
+from asd.cache.shard import StaleShard, read_shard_attrs, verify_shard
 from asd.cache.store import old_layout_note, shard_path, summary_path
 from asd.cache.writer import SegmentBatch, ShardWriter
 from asd.dataset.layout import SkippedFile, find_machine_dirs, scan_raw_records
@@ -189,7 +189,7 @@ def check_cache(path: Path, features: FeatureConfig, digest: str) -> tuple[str, 
     the one last verified (`asd.cache.integrity`); a full check that passes renews the stamp."""
     try:
         attrs = read_shard_attrs(path)
-    except (OSError, KeyError, RuntimeError, ValueError) as err:
+    except GARBLED as err:
         return "build", f"unreadable header: {first_line(err)}"
     if attrs is None:
         return "build", ""

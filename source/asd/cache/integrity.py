@@ -12,8 +12,9 @@ its workers, to verify the file before the rename), so storing them costs 16 byt
 and because a reader can verify exactly the rows it reads (fletcher32 makes HDF5 read and checksum the
 whole chunk around every scattered row); docs/reliability.md has the figures.
 
-data_prep's fast path for a shard it did not just write: `verify_shard(path, full=False)` checks the
-header, every dataset's shape and every table against its digest (milliseconds), and trusts the data rows
+data_prep's fast path for a shard it did not just write: `asd.cache.shard.verify_shard(path, full=False)`
+checks the header, every dataset's type and shape, every table against its digest (milliseconds), and
+trusts the data rows
 only when the shard's stamp (`.<name>.verified`, its size, times and inode when they were last fully
 verified) still matches; otherwise `full=True` reads every row back. A reader that finds a damaged row
 removes the stamp, so the next data_prep verifies that shard in full and rebuilds it.
@@ -41,8 +42,14 @@ HEADER_DIGEST_ATTR = "header_digest"
 VOLATILE_ATTRS = frozenset({"created_utc", "source_root", "source_digest", HEADER_DIGEST_ATTR})
 BLOCK_BYTES = 8 * 1024 * 1024  # full verification reads a big dataset in blocks of about this much
 TABLE_BLOCK_ROWS = 65536  # and a table column in blocks of this many rows
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # the writer's chunks hold at most 1 MiB (SPEC §4); larger ones are damage
 
 _WEIGHTS: dict[int, np.ndarray] = {}
+
+
+# What h5py raises for a file whose bytes are garbled (a damaged header can even give a TypeError, e.g.
+# "Unknown string encoding"): caught only around reads of a shard, where it means damage, not a bug.
+GARBLED = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 
 class Damage(Exception):
@@ -100,16 +107,25 @@ def plain_attrs(attrs: Mapping) -> dict:
 
 def header_digest(attrs: Mapping) -> str:
     """Digest of the attributes that decide what a shard's data means (every one but `VOLATILE_ATTRS`)."""
-    kept = {k: v for k, v in plain_attrs(attrs).items() if k not in VOLATILE_ATTRS}
+    # str(name): a damaged name may read back as bytes, which then differs (and sorts) like any other
+    kept = {str(k): v for k, v in plain_attrs(attrs).items() if k not in VOLATILE_ATTRS}
     text = json.dumps(kept, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dataset(file: h5py.File, name: str) -> h5py.Dataset:
+    """`file[name]`, which must be a dataset (a damaged link can make it missing or a group)."""
+    item = file.get(name)
+    if not isinstance(item, h5py.Dataset):
+        raise Damage(f"/{name} is {'missing' if item is None else 'not a dataset'}")
+    return item
 
 
 def table_names(file: h5py.File) -> list[str]:
     """Every 1-D table dataset of a shard (clip and segment columns, stored checksums)."""
     names = []
     for group in ("clips", "segments", CHECKSUM_GROUP):
-        if group not in file:
+        if not isinstance(file.get(group), h5py.Group):
             raise Damage(f"its /{group} group is missing")
         names += [f"{group}/{name}" for name in file[group]]
     return names
@@ -144,31 +160,45 @@ def check_header(attrs: Mapping) -> None:
         raise Damage("its attributes do not match their digest")
 
 
-def check_tables(file: h5py.File) -> None:
-    """Every table column present, of the shard's length, and equal to its digest."""
+def check_dataset(file: h5py.File, name: str, dtype: object, shape: tuple[int, ...]) -> h5py.Dataset:
+    """`file[name]` as the layout says: a dataset of exactly that type (byte order included: a flipped bit
+    there would read every value byte-swapped, with the same raw bytes and checksums) and shape, in chunks
+    of at most `MAX_CHUNK_BYTES`. Checked before anything is read: a damaged shape could ask for terabytes."""
+    item = dataset(file, name)
+    want = np.dtype(dtype)
+    if h5py.check_string_dtype(want) is not None:
+        found = h5py.check_string_dtype(item.dtype)
+        if found is None or found.encoding != "utf-8" or found.length is not None:
+            raise Damage(f"/{name} is not a column of UTF-8 strings")
+    elif item.dtype != want:
+        raise Damage(f"/{name} has type {item.dtype.str}, not {want.str}")
+    if item.shape != tuple(shape):
+        raise Damage(f"/{name} has shape {item.shape}, the header says {tuple(shape)}")
+    chunks = item.chunks
+    if chunks is None or chunks[1:] != tuple(shape[1:]) or chunks[0] < 1 or \
+            int(np.prod(chunks)) * item.dtype.itemsize > MAX_CHUNK_BYTES:
+        raise Damage(f"/{name} has a damaged chunk layout {chunks}")
+    return item
+
+
+def check_layout(file: h5py.File, layout: Mapping[str, tuple[object, tuple[int, ...]]]) -> None:
+    """Every dataset of `layout` ({name: (dtype, shape)}) as it says, and the tables exactly those the
+    header's digests cover (no more, no fewer)."""
     digests = stored_digests(file.attrs)
     names = table_names(file)
-    if set(names) != set(digests):
-        missing = sorted(set(digests) ^ set(names))
-        raise Damage(f"its tables and their digests disagree ({', '.join(missing[:3])})")
-    n_clips, n_segments = int(file.attrs["n_clips"]), int(file.attrs["n_segments"])
-    for name in names:
-        dataset = file[name]
-        expected = n_clips if name.startswith("clips/") else n_segments
-        if dataset.ndim != 1 or dataset.shape[0] != expected:
-            raise Damage(f"/{name} holds {dataset.shape} rows, the header says {expected}")
-        if column_digest(dataset).hex != digests[name]:
+    if set(names) != set(digests) or not set(names) <= set(layout):
+        odd = sorted((set(digests) ^ set(names)) | (set(names) - set(layout)))
+        raise Damage(f"its tables and their digests disagree ({', '.join(odd[:3])})")
+    for name, (dtype, shape) in layout.items():
+        check_dataset(file, name, dtype, shape)
+
+
+def check_tables(file: h5py.File) -> None:
+    """Every table column equal to its digest (after `check_layout`)."""
+    digests = stored_digests(file.attrs)
+    for name in table_names(file):
+        if column_digest(dataset(file, name)).hex != digests[name]:
             raise Damage(f"/{name} does not match its digest")
-
-
-def check_shapes(file: h5py.File) -> None:
-    """The big datasets hold one row per segment, and the clips' segment counts add up."""
-    n_segments = int(file.attrs["n_segments"])
-    for name in BIG_DATASETS:
-        if name not in file or file[name].shape[0] != n_segments:
-            raise Damage(f"/{name} does not hold the {n_segments} segments the header says")
-    if int(np.sum(file["clips/n_segments"][()])) != n_segments:
-        raise Damage("its clips' segment counts do not add up to its segments")
 
 
 def iter_blocks(dataset: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
@@ -191,25 +221,11 @@ def iter_blocks(dataset: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
 def check_rows(file: h5py.File) -> None:
     """Every row of the big datasets equals its stored checksum (reads the whole shard)."""
     for name in BIG_DATASETS:
-        sums = file[f"{CHECKSUM_GROUP}/{name}"][()]
-        for start, block in iter_blocks(file[name]):
+        sums = dataset(file, f"{CHECKSUM_GROUP}/{name}")[()]
+        for start, block in iter_blocks(dataset(file, name)):
             bad = np.flatnonzero(row_checksums(block) != sums[start:start + len(block)])
             if len(bad):
                 raise Damage(f"/{name} row {start + int(bad[0])} does not match its checksum")
-
-
-def verify_shard(path: Path, full: bool) -> None:
-    """Raise `Damage` unless the shard at `path` is whole: header, shapes and tables (always), every data
-    row too (`full`). Reads the whole file when `full`, only its header and tables otherwise."""
-    try:
-        with h5py.File(path, "r") as file:
-            check_header(file.attrs)
-            check_shapes(file)
-            check_tables(file)
-            if full:
-                check_rows(file)
-    except (OSError, KeyError, RuntimeError, ValueError) as err:  # h5py's ways of saying "garbled"
-        raise Damage(first_line(err)) from None
 
 
 def first_line(err: BaseException) -> str:

@@ -32,17 +32,19 @@ import numpy as np
 from asd.cache.features import SCHEMA_VERSION, FeatureConfig
 from asd.cache.integrity import (
     CHECKSUM_GROUP,
+    GARBLED,
     Damage,
     Digest,
+    check_dataset,
     check_header,
-    check_shapes,
+    check_layout,
+    check_rows,
     check_tables,
     first_line,
     forget_stamp,
     plain_attrs,
     row_checksums,
     stored_digests,
-    verify_shard,
 )
 from asd.errors import PREP_COMMAND, BadState, DamagedFile
 
@@ -87,6 +89,37 @@ def partial_path(final_path: Path) -> Path:
     return final_path.with_name(f".{final_path.name}.{os.getpid()}.partial")
 
 
+def shard_layout(attrs: dict) -> dict[str, tuple[object, tuple[int, ...]]]:
+    """Every dataset a shard with these (verified) attributes holds: {name: (dtype, shape)}."""
+    n_clips, n_segments = int(attrs["n_clips"]), int(attrs["n_segments"])
+    layout: dict[str, tuple[object, tuple[int, ...]]] = {
+        "waveform": (np.int16, (n_segments, int(attrs["segment_samples"]))),
+        "logmel": (np.float32, (n_segments, int(attrs["n_mels"]), int(attrs["n_frames"]))),
+    }
+    for group, columns, rows in (("clips", CLIP_COLUMNS, n_clips), ("segments", SEGMENT_COLUMNS, n_segments),
+                                 (CHECKSUM_GROUP, {"waveform": np.uint64, "logmel": np.uint64}, n_segments)):
+        layout.update({f"{group}/{name}": (dtype, (rows,)) for name, dtype in columns.items()})
+    return layout
+
+
+def verify_shard(path: Path, full: bool) -> None:
+    """Raise `Damage` unless the shard at `path` is whole: its header, every dataset's type and shape, its
+    tables against their digests (always; reads only the small tables), and every data row against its
+    checksum (`full`: reads the whole file). For a shard of the current schema (checked before)."""
+    try:
+        with h5py.File(path, "r") as file:
+            attrs = plain_attrs(file.attrs)
+            check_header(attrs)
+            check_layout(file, shard_layout(attrs))
+            check_tables(file)
+            if int(file["clips/n_segments"][()].sum()) != int(attrs["n_segments"]):
+                raise Damage("its clips' segment counts do not add up to its segments")
+            if full:
+                check_rows(file)
+    except GARBLED as err:
+        raise Damage(first_line(err)) from None
+
+
 def damaged(path: str | Path, reason: str) -> DamagedFile:
     """The one message for a damaged shard: which, why, and the command that rebuilds it. The shard's
     stamp goes, so that command verifies it in full (and rebuilds it) instead of trusting it."""
@@ -109,7 +142,9 @@ class Shard:
         self._clips: pd.DataFrame | None = None
         self._segments: pd.DataFrame | None = None
         self._sums: dict[str, np.ndarray] = {}
-        self._digests: dict[str, str] | None = None
+        self._digests: dict[str, str] = {}
+        self._layout: dict[str, tuple[object, tuple[int, ...]]] = {}
+        self._open: dict[str, h5py.Dataset] = {}  # datasets checked and open in this process's handle
         with self._reading("its header"):
             attrs = self.attrs
         self.close()  # checked and closed again: nothing stays open across a later fork
@@ -121,6 +156,7 @@ class Shard:
         with self._reading("its header"):
             check_header(attrs)
             self._digests = stored_digests(attrs)
+            self._layout = shard_layout(attrs)
 
     @contextlib.contextmanager
     def _reading(self, what: str) -> Iterator[None]:
@@ -129,20 +165,22 @@ class Shard:
             yield
         except Damage as err:
             raise damaged(self.path, str(err)) from None
-        except (OSError, KeyError, RuntimeError, ValueError) as err:
+        except GARBLED as err:
             raise damaged(self.path, f"reading {what}: {first_line(err)}") from None
 
     @property
     def file(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
+            self._open = {}
             self._file = h5py.File(self.path, "r")
             self._pid = os.getpid()
         return self._file
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None, "_pid": None}
+        return {**self.__dict__, "_file": None, "_pid": None, "_open": {}}
 
     def close(self) -> None:
+        self._open = {}
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
@@ -163,11 +201,22 @@ class Shard:
     def machine(self) -> str:
         return str(self.file.attrs["machine"])
 
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """A dataset of the shard, checked to have the type and shape its verified header implies before
+        anything is read from it; opened once per file handle (reopening costs HDF5 its chunk index)."""
+        file = self.file
+        found = self._open.get(name)
+        if found is None:
+            if name not in self._layout:
+                raise Damage(f"/{name} is not part of a shard")
+            found = self._open[name] = check_dataset(file, name, *self._layout[name])
+        return found
+
     def _column(self, name: str) -> np.ndarray:
         """One whole table column, checked against its digest."""
         with self._reading(f"/{name}"):
-            dataset = self.file[name]
-            values = dataset.asstr()[()] if dataset.dtype == STR else dataset[()]
+            column = self._dataset(name)
+            values = column.asstr()[()] if column.dtype == STR else column[()]
             digest = Digest()
             digest.add(values)
             if digest.hex != self._digests.get(name):
@@ -195,7 +244,8 @@ class Shard:
 
     @property
     def n_segments(self) -> int:
-        return int(self.file["logmel"].shape[0])
+        with self._reading("/logmel"):
+            return int(self._dataset("logmel").shape[0])
 
     def read(self, what: str, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of "logmel" or "waveform" (a slice, or sorted increasing indices), each checked against its
@@ -204,7 +254,7 @@ class Shard:
         if sums is None:
             sums = self._sums[what] = self._column(f"{CHECKSUM_GROUP}/{what}")
         with self._reading(f"/{what}"):
-            values = self.file[what][rows]
+            values = self._dataset(what)[rows]
             expected = sums[rows]
             if len(expected) != len(values):
                 raise Damage(f"/{what} and its checksums disagree on the number of rows")
@@ -225,7 +275,7 @@ class Shard:
     def check_tables(self) -> None:
         """Every table column against its digest, read a block at a time (memory bounded)."""
         with self._reading("its tables"):
-            check_shapes(self.file)
+            check_layout(self.file, self._layout)
             check_tables(self.file)
 
     def clip_segments(self, clip_index: int) -> slice:
@@ -252,7 +302,7 @@ def check_shard(path: Path) -> None:
     """
     try:
         Shard(path).close()
-    except (OSError, KeyError) as err:  # the header itself is unreadable
+    except GARBLED as err:  # the header itself is unreadable
         raise damaged(path, first_line(err)) from None
     try:
         verify_shard(path, full=False)

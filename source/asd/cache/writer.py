@@ -259,7 +259,7 @@ class ShardWriter:
     def _create(self, expected_segments: int, expected_clips: int, meta: dict[str, str]) -> None:
         config = self.config
         self.guard = _GuardedFile(self.tmp_path)
-        self.file = h5py.File(self.guard, "w")
+        self.file = h5py.File(self.guard, "w", libver=("v110", "v110"))
         length, mels, frames = config.segment_samples, config.n_mels, config.n_frames
         waveform = self.file.create_dataset(
             "waveform", shape=(expected_segments, length), maxshape=(None, length), dtype=np.int16,
