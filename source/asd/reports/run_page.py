@@ -100,8 +100,8 @@ def write_run_report(run: RunFolder | Path, examples: int = 3, audio_seconds: fl
     predictions = folder.read_predictions()
     sections = []
     for dataset in folder.datasets():
-        summary = pd.read_csv(folder.summary_csv(dataset), dtype={"section": str})
-        official = pd.read_csv(folder.official_score_csv(dataset), dtype=str)
+        summary = folder.read_summary(dataset)
+        official = folder.read_official_scores(dataset)
         official["value"] = [_number(v) for v in official["value"]]
         sections.append((f"Summary: {dataset}",
                          table(official, f"official-{slug(dataset)}", 4)
