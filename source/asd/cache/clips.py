@@ -106,16 +106,12 @@ def iter_shard_clips(path: Path, with_audio: bool = True, max_segments: int = 51
                 k = end
 
 
-def find_clip_rows(path: Path, file_names: set[str], chunk: int = 4096) -> dict[str, int]:
-    """Clip indices of the given file names in a shard (the name column read in chunks)."""
-    found: dict[str, int] = {}
-    with h5py.File(path, "r") as file:
-        names = file["clips/file_name"]
-        for start in range(0, names.shape[0], chunk):
-            for offset, name in enumerate(names.asstr()[start:start + chunk]):
-                if name in file_names:
-                    found[name] = start + offset
-    return found
+def find_clip_rows(path: Path, file_names: set[str]) -> dict[str, int]:
+    """Clip indices of the given file names in a shard (its name column, checked against its digest)."""
+    shard = Shard(path)
+    with contextlib.closing(shard):
+        names = shard.clip_column("file_name")
+    return {name: index for index, name in enumerate(names) if name in file_names}
 
 
 def iter_raw_clips(manifest, config, with_audio: bool = True) -> Iterator[ClipData | tuple[str, str]]:

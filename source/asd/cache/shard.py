@@ -223,6 +223,10 @@ class Shard:
                 raise Damage(f"/{name} does not match its digest")
         return values
 
+    def clip_column(self, name: str) -> np.ndarray:
+        """One column of the clip table (strings as str), checked against its digest."""
+        return self._column(f"clips/{name}")
+
     def _table(self, group: str, columns: dict[str, object]) -> pd.DataFrame:
         import pandas as pd  # here, not at the top: data_prep writes shards without pandas' 0.3 s import
 
