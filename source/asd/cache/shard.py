@@ -223,6 +223,11 @@ class Shard:
                 raise Damage(f"/{name} does not match its digest")
         return values
 
+    def row_layout(self, what: str) -> tuple[np.dtype, tuple[int, ...]]:
+        """The dtype and the shape of one row of "logmel" or "waveform", from the verified header."""
+        dtype, shape = self._layout[what]
+        return np.dtype(dtype), tuple(shape[1:])
+
     def clip_column(self, name: str) -> np.ndarray:
         """One column of the clip table (strings as str), checked against its digest."""
         return self._column(f"clips/{name}")
