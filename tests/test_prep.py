@@ -474,7 +474,7 @@ def test_old_schema_cache_is_refused_with_a_clear_message(tmp_path: Path) -> Non
         file.attrs["schema_version"] = 1
         file.attrs["fingerprint"] = "0123456789abcdef"
     before = mtimes(out)
-    with pytest.raises(StaleShard, match=r"shard schema 1, this version writes 2.*--force"):
+    with pytest.raises(StaleShard, match=r"shard schema 1, this version writes 3.*--force"):
         prep(raw, out)
     with pytest.raises(StaleShard, match="schema version 1"):
         Shard(path)

@@ -109,9 +109,8 @@ class Run:
 
     @property
     def config(self) -> RunConfig:
-        from asd.engine.config import RunConfig
 
-        return RunConfig.from_dict(self.folder.run_record())
+        return self.folder.run_config()
 
     @property
     def predictions(self) -> pd.DataFrame:
@@ -124,14 +123,10 @@ class Run:
 
     def summary(self, dataset: str) -> pd.DataFrame:
         """`<dataset>/summary.csv`: every metric per machine type and section."""
-        import pandas as pd
-
-        return pd.read_csv(self.folder.summary_csv(dataset), dtype={"section": str})
+        return self.folder.read_summary(dataset)
 
     def official_score(self, dataset: str) -> float:
-        import pandas as pd
-
-        table = pd.read_csv(self.folder.official_score_csv(dataset)).set_index("metric")["value"]
+        table = self.folder.read_official_scores(dataset).set_index("metric")["value"]
         return float(table["official score"])
 
     def detector(self, machine: str, dataset: str | None = None) -> Detector:

@@ -39,11 +39,27 @@ from typing import TYPE_CHECKING, Any
 
 from asd.errors import MAIN_COMMAND, BadInput, BadState, MissingModel
 from asd.folders import check_writable_dir, write_atomically
+from asd.readback import damaged as readback_damaged
+from asd.readback import read_json_object, read_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
 RUNS_ROOT = Path("output")
+
+# What the tables read back must hold (column: kind, see `asd.readback.KINDS`).
+PREDICTION_COLUMNS = {"file_name": "name", "machine": "name", "section": "name", "domain": "name",
+                      "score": "number", "threshold": "number?", "decision": "flag", "label": "name"}
+THRESHOLD_COLUMNS = {"dataset": "name", "machine": "name", "section": "name", "domain": "name",
+                     "threshold": "number", "percentile": "number", "n_normal_clips": "number",
+                     "expected_false_alarm_rate": "number?", "false_alarm_low": "number?",
+                     "false_alarm_high": "number?"}
+THRESHOLD_OPTIONAL = {"model": "text", "method": "text", "fitted_on": "text", "note": "text", "oof_median": "number?",
+                      "oof_p90": "number?", "n_held_out": "number?", "held_out_false_alarm_rate": "number?"}
+SUMMARY_NUMBERS = ("n_clips", "n_normal", "n_anomaly", "AUC", "pAUC", "AUC (source)", "AUC (target)",
+                   "pAUC (source)", "pAUC (target)", "precision", "recall", "F1 score", "precision (source)",
+                   "precision (target)", "recall (source)", "recall (target)", "F1 score (source)",
+                   "F1 score (target)")
 
 
 def new_run_path(model: str, root: str | Path = RUNS_ROOT) -> Path:
@@ -230,9 +246,24 @@ class RunFolder:
         return self.machine_dir(dataset, machine) / "oof_scores.png"
 
     # --- configuration ---------------------------------------------------------------------------
+    def _retrain_fix(self) -> str:
+        return (f"train again into a new folder (`{MAIN_COMMAND} train --config {self.config_yaml} --output-dir "
+                "NEW`), or restore the file")
+
+    def _test_fix(self) -> str:
+        return f"`{MAIN_COMMAND} test --run {self.path}` writes it again"
+
     def read_config(self) -> dict[str, Any]:
-        """config.json as written ({} when there is none)."""
-        return json.loads(self.config_json.read_text()) if self.config_json.is_file() else {}
+        """config.json as written ({} when there is none); DamagedFile when it is not a run's record."""
+        if not self.config_json.is_file():
+            return {}
+        record = read_json_object(self.config_json, "a run's config.json", self._retrain_fix())
+        for key, kind in (("run", dict), ("trained", list), ("failed", dict), ("applies", list), ("used", dict)):
+            if key in record and not isinstance(record[key], kind):
+                raise readback_damaged(self.config_json, "a run's config.json",
+                                       f"its {key!r} is a {type(record[key]).__name__}, not a {kind.__name__}",
+                                       self._retrain_fix())
+        return record
 
     def update_config(self, record: dict[str, Any]) -> None:
         """Merge `record` into config.json (created with the folder when missing)."""
@@ -245,12 +276,26 @@ class RunFolder:
         into the same shape."""
         config = self.read_config()
         if "run" in config:
+            if not isinstance(config["run"].get("fit", {}), dict):
+                raise readback_damaged(self.config_json, "a run's config.json", "its run 'fit' is not an object",
+                                       self._retrain_fix())
             return dict(config["run"])
         old = dict(config.get("train", {}))
         return {"model": config.get("model", "?"), "model_options": config.get("model_options", {}),
                 "processed_dir": config.get("processed_dir", ""), "machines": config.get("machines", []),
                 **{k: old.pop(k) for k in ("val_fraction", "threshold_method", "threshold_percentile") if k in old},
                 "fit": old}
+
+    def run_config(self):
+        """The run configuration (`asd.engine.config.RunConfig`) of config.json; DamagedFile when its values
+        are not one (another version's record, or edited by hand)."""
+        from asd.engine.config import RunConfig
+
+        try:
+            return RunConfig.from_dict(self.run_record())
+        except (TypeError, ValueError, AttributeError) as err:
+            raise readback_damaged(self.config_json, "a run's config.json", f"its run record: {err}",
+                                   self._retrain_fix()) from None
 
     def write_config_yaml(self, text: str) -> Path:
         return write_atomically(self.config_yaml, text)
@@ -267,16 +312,13 @@ class RunFolder:
         return self.thresholds_csv
 
     def read_thresholds(self) -> pd.DataFrame | None:
-        import pandas as pd
 
         if not self.thresholds_csv.is_file():
             return None
-        table = pd.read_csv(self.thresholds_csv, dtype={"section": str, "domain": str, "note": str,
-                                                        "fitted_on": str})
-        for column in ("note", "fitted_on"):
-            if column in table:
-                table[column] = table[column].fillna("")
-        return table
+        fix = (f"the same `{MAIN_COMMAND} train` command with --output-dir {self.path} writes it again (saved "
+               "models are kept)")
+        return read_table(self.thresholds_csv, "a thresholds table", fix, THRESHOLD_COLUMNS,
+                          optional=THRESHOLD_OPTIONAL)
 
     def write_oof_scores(self, dataset: str, machine: str, scores: pd.DataFrame) -> Path:
         """The out-of-fold scores of a machine type's normal training clips (file_name, section, domain, score)."""
@@ -285,10 +327,14 @@ class RunFolder:
         return path
 
     def read_oof_scores(self, dataset: str, machine: str) -> pd.DataFrame | None:
-        import pandas as pd
 
         path = self.oof_scores_csv(dataset, machine)
-        return pd.read_csv(path, dtype={"section": str, "domain": str}) if path.is_file() else None
+        if not path.is_file():
+            return None
+        fix = (f"delete {path.parent} and rerun the same `{MAIN_COMMAND} train` command with --output-dir "
+               f"{self.path}: that machine type is trained again")
+        return read_table(path, "a table of out-of-fold scores", fix,
+                          {"file_name": "name", "section": "name", "domain": "name", "score": "number"})
 
     def write_predictions(self, predictions: pd.DataFrame) -> Path:
         """predictions.csv: one row per test clip of every machine type, sorted by dataset, machine, section
@@ -301,9 +347,32 @@ class RunFolder:
         return self.predictions_csv
 
     def read_predictions(self) -> pd.DataFrame:
-        import pandas as pd
+        """predictions.csv, checked (DamagedFile naming it when it is not one); folders written before it
+        had a `dataset` column read without one."""
+        if not self.predictions_csv.is_file():
+            raise BadState(f"{self.path} has no predictions.csv; `{MAIN_COMMAND} test --run {self.path}` "
+                           "writes it")
+        return read_table(self.predictions_csv, "a predictions table", self._test_fix(), PREDICTION_COLUMNS,
+                          optional={"dataset": "name"})
 
-        return pd.read_csv(self.predictions_csv, dtype={"section": str, "file_name": str, "dataset": str})
+    def read_summary(self, dataset: str) -> pd.DataFrame:
+        """`<dataset>/summary.csv`: the metrics per machine type and section, checked."""
+        return read_table(self.summary_csv(dataset), "a summary table", self._test_fix(),
+                          {"machine": "name", "section": "name"},
+                          optional={column: "number?" for column in SUMMARY_NUMBERS})
+
+    def read_official_scores(self, dataset: str) -> pd.DataFrame:
+        """`<dataset>/official_score.csv` (metric, value): every value but the rules' name a number."""
+        path = self.official_score_csv(dataset)
+        table = read_table(path, "an official-score table", self._test_fix(), {"metric": "name", "value": "name"})
+        numbers = table[table["metric"] != "rules"]
+        for row, value in zip(numbers.index, numbers["value"], strict=True):
+            try:
+                float(value)
+            except ValueError:
+                raise readback_damaged(path, "an official-score table", f"row {row + 2}: {value!r} is not a number",
+                                       self._test_fix()) from None
+        return table
 
     def write_summary_text(self, text: str) -> Path:
         return write_atomically(self.summary_txt, text + "\n")
@@ -314,8 +383,16 @@ class RunFolder:
             write_atomically(self.summary_txt, self.summary_txt.read_text() + "\n" + text + "\n")
 
     def read_task(self, dataset: str, machine: str) -> dict[str, Any] | None:
+        """task.json of a machine type whose model is saved (None otherwise), checked."""
         path = self.task_record(dataset, machine)
-        return json.loads(path.read_text()) if path.is_file() and self.model_path(dataset, machine).is_file() else None
+        if not (path.is_file() and self.model_path(dataset, machine).is_file()):
+            return None
+        fix = (f"delete it and rerun the same `{MAIN_COMMAND} train` command with --output-dir {self.path}: "
+               "that machine type is trained again")
+        record = read_json_object(path, "a machine type's task record", fix, required=("config", "thresholds"))
+        if not isinstance(record["thresholds"], list) or not all(isinstance(r, dict) for r in record["thresholds"]):
+            raise readback_damaged(path, "a machine type's task record", "its thresholds are not a list of rows", fix)
+        return record
 
     def write_task(self, dataset: str, machine: str, record: dict[str, Any]) -> None:
         write_atomically(self.task_record(dataset, machine), json.dumps(record, default=str))
@@ -330,9 +407,9 @@ class RunFolder:
         written before predictions.csv had it, the datasets of the trained machine types)."""
         found: set[str] = set()
         if self.predictions_csv.is_file():
-            header = self.predictions_csv.read_text().split("\n", 1)[0].split(",")
-            if "dataset" in header:
-                found = set(self.read_predictions()["dataset"])
+            predictions = self.read_predictions()
+            if "dataset" in predictions:
+                found = set(predictions["dataset"])
         if not found:
             found = {dataset for dataset, _ in self.trained()}
         return sorted(d for d in found if self.summary_csv(d).is_file())

@@ -20,6 +20,11 @@ from asd.errors import BadInput
 
 MAX_CLIP_SECONDS = 600.0  # longer recordings are refused (cut them into clips): bounds decoding memory
 MAX_CHANNELS = 32
+# What one clip may decode to, frames x channels, whatever its format: ten minutes of stereo at 16 kHz
+# (77 MB as float32). Checked from the header before anything is decoded, so a small compressed file
+# (FLAC or Ogg under a .wav name) declaring an hour of 32 channels at 768 kHz is refused, not decoded:
+# the decoder allocates all of a clip at once, and the clip is mixed and resampled whole after that.
+MAX_DECODED_SAMPLES = int(MAX_CLIP_SECONDS) * 16000 * 2
 RATE_RANGE = (1000, 768_000)  # sample rates outside this are not plausible audio
 
 
@@ -102,6 +107,10 @@ def probe(path: str) -> Probe:
     if seconds > MAX_CLIP_SECONDS:
         raise BadAudio(f"too long: {seconds:.0f} s (limit {MAX_CLIP_SECONDS:.0f} s per clip; cut long "
                        "recordings into clips)")
+    if info.frames * info.channels > MAX_DECODED_SAMPLES:
+        raise BadAudio(f"too large to decode: the header declares {info.frames} frames x {info.channels} "
+                       f"channels at {info.samplerate} Hz ({info.format}); the limit is {MAX_DECODED_SAMPLES} "
+                       "samples per clip (10 minutes of stereo at 16 kHz): cut or downmix long recordings")
     return Probe(info.frames, info.samplerate, info.channels, info.subtype,
                  _declared_wav_frames(path, info.channels))
 

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from asd.cache.audio import BadAudio, probe, read_clip
 from asd.cache.features import SCHEMA_VERSION, FeatureConfig, segment_features, segment_starts
 from asd.cache.heap import keep_freed_memory
+from asd.cache.integrity import GARBLED, Damage, check_header, first_line, stamp_matches, write_stamp
 from asd.cache.melspec import one_thread_each
-from asd.cache.shard import StaleShard, read_shard_attrs
+from asd.cache.shard import StaleShard, read_shard_attrs, verify_shard
 from asd.cache.store import old_layout_note, shard_path, summary_path
 from asd.cache.writer import SegmentBatch, ShardWriter
 from asd.dataset.layout import SkippedFile, find_machine_dirs, scan_raw_records
@@ -56,6 +57,7 @@ class PrepSummary:
     shards_skipped: list[str] = field(default_factory=list)
     files_skipped: list[SkippedFile] = field(default_factory=list)
     shards_failed: list[SkippedFile] = field(default_factory=list)
+    shards_damaged: list[SkippedFile] = field(default_factory=list)  # found damaged, hence rebuilt
     notes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # about the cache folder itself (an old layout)
     seconds: float = 0.0
@@ -68,6 +70,7 @@ class PrepSummary:
         self.shards_skipped += part.shards_skipped
         self.files_skipped += part.files_skipped
         self.shards_failed += part.shards_failed
+        self.shards_damaged += part.shards_damaged
         for kind, n in part.notes.items():
             self.notes[kind] = self.notes.get(kind, 0) + n
 
@@ -80,6 +83,9 @@ class PrepSummary:
         ]
         if not self.shards_written and self.shards_skipped:
             out.append("  every shard is up to date: nothing to do (use --force to rebuild)")
+        for damaged in self.shards_damaged:
+            done = "rebuilt" if damaged.path in self.shards_written else "not rebuilt (see FAILED below)"
+            out.append(f"  damaged shard {damaged.path} ({damaged.reason}): {done}")
         out += [f"  note: {n} clips {what}" for what, n in sorted(self.notes.items())]
         out += [f"  warning: {text}" for text in self.warnings]
         if self.files_skipped:
@@ -173,18 +179,32 @@ def plan_shards(manifest: list[dict], cfg: PrepConfig) -> Iterator[tuple[Path, l
         yield shard_path(Path(cfg.out_dir), dataset, machine, split_folder), clips, source_digest(clips)
 
 
-def check_cache(path: Path, features: FeatureConfig, digest: str) -> str:
-    """"build" (no shard yet, or its input files changed) or "skip" (up to date); raises `StaleShard`
-    when the existing shard was built with other feature settings, so caches never mix."""
-    attrs = read_shard_attrs(path)
+def check_cache(path: Path, features: FeatureConfig, digest: str) -> tuple[str, str]:
+    """What to do with the shard at `path`: ("build", "") when there is none or its input files changed,
+    ("skip", "") when it is up to date and whole, ("build", why) when it is damaged. Raises `StaleShard`
+    when the existing shard was built by another version or with other feature settings, so caches never mix.
+
+    Whole means: its header, shapes and tables match their digests (always checked, milliseconds), and its
+    data rows match their checksums, read back in full unless its stamp shows the file is byte for byte
+    the one last verified (`asd.cache.integrity`); a full check that passes renews the stamp."""
+    try:
+        attrs = read_shard_attrs(path)
+    except GARBLED as err:
+        return "build", f"unreadable header: {first_line(err)}"
     if attrs is None:
-        return "build"
+        return "build", ""
+    if not attrs.get("complete"):
+        return "build", "not marked complete"
     if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
         raise StaleShard(
             f"{path} was written by another version of data_prep (shard schema {attrs.get('schema_version')}, "
-            f"this version writes {SCHEMA_VERSION}: log-mels are cut from the whole clip). Rebuild it with "
-            "--force, or write the new cache elsewhere with --out-dir."
+            f"this version writes {SCHEMA_VERSION}: log-mels cut from the whole clip, every row checksummed). "
+            "Rebuild it with --force, or write the new cache elsewhere with --out-dir."
         )
+    try:
+        check_header(attrs)  # before the fingerprint: a damaged attribute is not "other settings"
+    except Damage as err:
+        return "build", str(err)
     if attrs.get("fingerprint") != features.fingerprint():
         theirs = json.loads(attrs.get("feature_config", "{}"))
         diff = ", ".join(f"{k}: {a} -> {b}" for k, a, b in
@@ -193,7 +213,16 @@ def check_cache(path: Path, features: FeatureConfig, digest: str) -> str:
             f"{path} was built with other settings ({diff or 'schema version'}). Rebuild it with --force, "
             "or write the new cache elsewhere with --out-dir."
         )
-    return "skip" if attrs.get("source_digest") == digest else "build"
+    if attrs.get("source_digest") != digest:
+        return "build", ""
+    full = not stamp_matches(path)
+    try:
+        verify_shard(path, full=full)
+    except Damage as err:
+        return "build", str(err)
+    if full:
+        write_stamp(path)
+    return "skip", ""
 
 
 def remove_stale_partials(folder: Path, pattern: str = ".*.partial") -> list[Path]:
@@ -344,7 +373,9 @@ def plan_prep(cfg: PrepConfig) -> tuple[list[tuple[Path, list[dict], str]], Prep
     todo = []
     for path, clips, digest in plan_shards(manifest, cfg):
         remove_stale_partials(path.parent, f".{path.name}.*.partial")  # killed runs, --force or not
-        action = "build" if cfg.force else check_cache(path, cfg.features, digest)
+        action, damage = ("build", "") if cfg.force else check_cache(path, cfg.features, digest)
+        if damage:
+            summary.shards_damaged.append(SkippedFile(str(path), damage))
         if action == "skip":
             summary.shards_skipped.append(str(path))
         else:
@@ -393,7 +424,10 @@ def build_shard_task(path: Path, clips: list[dict], digest: str, cfg: PrepConfig
     comes back as a summary. Skipped when another run built it in the meantime."""
     summary = PrepSummary()
     start = time.perf_counter()
-    if not cfg.force and check_cache(path, cfg.features, digest) == "skip":
+    action, damage = ("build", "") if cfg.force else check_cache(path, cfg.features, digest)
+    if damage:
+        summary.shards_damaged.append(SkippedFile(str(path), damage))
+    if action == "skip":
         summary.shards_skipped.append(str(path))
         return summary
     with tqdm(disable=True) as bar:

@@ -8,12 +8,15 @@ in memory, never the whole shard), including the clip table's columns.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from asd.cache.shard import Shard
 
 META_COLUMNS = ("file_name", "rel_path", "machine", "section", "domain", "split", "label", "attributes",
                 "n_samples", "original_sample_rate", "original_channels", "notes")
@@ -66,8 +69,12 @@ def _assemble(meta: dict, starts: np.ndarray, waves: np.ndarray | None, mels: np
 def iter_shard_clips(path: Path, with_audio: bool = True, max_segments: int = 512,
                      rows: np.ndarray | None = None, block: int = 256) -> Iterator[ClipData]:
     """Every clip of a shard in order (or only the clip indices `rows`), a bounded chunk at a time:
-    clip-table columns `block` rows at a time, segments at most `max_segments` at a time (at least one clip)."""
-    with h5py.File(path, "r") as file:
+    clip-table columns `block` rows at a time, segments at most `max_segments` at a time (at least one clip).
+    The tables are checked against their digests first and every data row as it is read (`DamagedFile`)."""
+    shard = Shard(path)
+    shard.check_tables()
+    with contextlib.closing(shard):
+        file = shard.file
         hop_length = int(file.attrs["hop_length"])
         n_clips = int(file["clips/n_segments"].shape[0])
         if rows is None:
@@ -87,8 +94,8 @@ def iter_shard_clips(path: Path, with_audio: bool = True, max_segments: int = 51
                 first = int(firsts[k])
                 seg_rows = slice(first, first + total)
                 starts = file["segments/start_sample"][seg_rows]
-                mels = file["logmel"][seg_rows]
-                waves = file["waveform"][seg_rows] if with_audio else None
+                mels = shard.logmel(seg_rows)
+                waves = shard.waveform(seg_rows) if with_audio else None
                 for j in range(k, end):
                     meta = {name: _py(columns[name][j]) for name in META_COLUMNS}
                     a = int(firsts[j]) - first
@@ -99,16 +106,12 @@ def iter_shard_clips(path: Path, with_audio: bool = True, max_segments: int = 51
                 k = end
 
 
-def find_clip_rows(path: Path, file_names: set[str], chunk: int = 4096) -> dict[str, int]:
-    """Clip indices of the given file names in a shard (the name column read in chunks)."""
-    found: dict[str, int] = {}
-    with h5py.File(path, "r") as file:
-        names = file["clips/file_name"]
-        for start in range(0, names.shape[0], chunk):
-            for offset, name in enumerate(names.asstr()[start:start + chunk]):
-                if name in file_names:
-                    found[name] = start + offset
-    return found
+def find_clip_rows(path: Path, file_names: set[str]) -> dict[str, int]:
+    """Clip indices of the given file names in a shard (its name column, checked against its digest)."""
+    shard = Shard(path)
+    with contextlib.closing(shard):
+        names = shard.clip_column("file_name")
+    return {name: index for index, name in enumerate(names) if name in file_names}
 
 
 def iter_raw_clips(manifest, config, with_audio: bool = True) -> Iterator[ClipData | tuple[str, str]]:

@@ -14,9 +14,10 @@ import numpy as np
 
 # Bump when the shard layout or the meaning of a stored value changes: old caches are then refused.
 # 2: log-mel computed over the whole clip and cut per segment (was: per segment, padded at every edge).
+# 3: every row's checksum and every table's digest stored (asd.cache.integrity), checked by every reader.
 # Not bumped when the log-mel moved from torchaudio to numpy (asd.cache.melspec): the same transform, equal
 # within float32 rounding (tests/test_melspec.py: <= 1e-3 dB on random int16 audio), so caches stay valid.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TAIL_POLICIES = ("last", "pad", "drop")
 CHANNEL_POLICIES = ("left", "right", "mean")

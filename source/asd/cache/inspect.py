@@ -34,6 +34,7 @@ def describe_shard(path: str | Path, n_names: int = 5) -> str:
         lines.append(f"  /{name:<9} {ds.dtype} {list(ds.shape)}  chunks {list(ds.chunks)}")
     lines.append(f"  /clips     {', '.join(file['clips'].keys())}")
     lines.append(f"  /segments  {', '.join(file['segments'].keys())}")
+    lines.append(f"  /checksums {', '.join(file['checksums'].keys())}  (one per row, checked on every read)")
     lines += ["", f"first segment names of {len(segments)}:"]
     lines += [f"  {name}" for name in segments["name"].head(n_names)]
     noted = clips[clips["notes"] != ""]

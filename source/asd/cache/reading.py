@@ -46,12 +46,13 @@ def segment_rows_of(shard: Shard, clip_indices: np.ndarray) -> np.ndarray:
 
 
 def read_rows(shard: Shard, rows: np.ndarray, what: str = "logmel") -> np.ndarray:
-    """Read sorted segment rows with one contiguous HDF5 read per run of consecutive rows."""
-    dataset = shard.file[what]
+    """Read sorted segment rows with one contiguous HDF5 read per run of consecutive rows, each row checked
+    against its stored checksum (`Shard.read`: DamagedFile naming the shard when one does not match)."""
     if len(rows) == 0:
-        return np.zeros((0, *dataset.shape[1:]), dtype=dataset.dtype)
+        dtype, shape = shard.row_layout(what)
+        return np.zeros((0, *shape), dtype=dtype)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    parts = [dataset[int(run[0]):int(run[-1]) + 1] for run in np.split(rows, breaks)]
+    parts = [shard.read(what, slice(int(run[0]), int(run[-1]) + 1)) for run in np.split(rows, breaks)]
     return np.concatenate(parts)
 
 
@@ -88,7 +89,7 @@ def iterate_in_order(shard: Shard, rows: np.ndarray, batch_segments: int = 512
 
 def rows_nbytes(shard: Shard, n_rows: int, dtype: str = "float32") -> int:
     """Bytes that `n_rows` log-mel blocks of `shard` take in memory as `dtype`."""
-    _, n_mels, n_frames = shard.file["logmel"].shape
+    _, (n_mels, n_frames) = shard.row_layout("logmel")
     return int(n_rows) * n_mels * n_frames * np.dtype(dtype).itemsize
 
 
@@ -100,7 +101,7 @@ def load_frames(shard: Shard, rows: np.ndarray, dtype: str = "float32", batch_se
     array: the peak is the array plus one batch.
     """
     rows = np.sort(rows)
-    _, n_mels, n_frames = shard.file["logmel"].shape
+    _, (n_mels, n_frames) = shard.row_layout("logmel")
     out = np.empty((len(rows), n_frames, n_mels), dtype=dtype)
     for start in range(0, len(rows), batch_segments):
         chosen = rows[start:start + batch_segments]

@@ -9,7 +9,6 @@ import contextlib
 import errno
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +17,19 @@ import h5py
 import numpy as np
 
 from asd.cache.features import SCHEMA_VERSION, FeatureConfig
+from asd.cache.integrity import (
+    CHECKSUM_GROUP,
+    DIGESTS_ATTR,
+    HEADER_DIGEST_ATTR,
+    Damage,
+    Digest,
+    check_header,
+    header_digest,
+    iter_blocks,
+    row_checksums,
+    write_stamp,
+)
 from asd.cache.shard import (
-    BLOCK_BYTES,
     CLIP_COLUMNS,
     SEGMENT_COLUMNS,
     STR,
@@ -32,44 +42,7 @@ from asd.cache.shard import (
 from asd.errors import ShardWriteFailed
 from asd.version import __version__
 
-_WEIGHTS: dict[int, np.ndarray] = {}
-
-
-def row_checksums(block: np.ndarray) -> np.ndarray:
-    """One 64-bit checksum per row of a numeric block: each row's bytes as little-endian words, dotted
-    with fixed pseudo-random odd weights (wrapping). Cheap enough to run on every byte written and read."""
-    rows = np.ascontiguousarray(block).reshape(len(block), -1).view(np.uint8)
-    width = rows.shape[1]
-    if width % 8:
-        rows = np.concatenate([rows, np.zeros((len(rows), 8 - width % 8), np.uint8)], axis=1)
-    words = rows.view("<u8")
-    weights = _WEIGHTS.get(words.shape[1])
-    if weights is None:
-        weights = np.random.default_rng(words.shape[1]).integers(0, 2**63, words.shape[1], dtype=np.uint64)
-        weights = _WEIGHTS.setdefault(words.shape[1], weights * np.uint64(2) + np.uint64(1))
-    return np.einsum("ij,j->i", words, weights)  # wraps modulo 2^64 like the product and sum; one pass, no temporary
-
-
-class _Digest:
-    """Order-sensitive digest of a dataset's rows, the same however the rows are split into blocks."""
-
-    def __init__(self) -> None:
-        self.value = np.uint64(0)
-        self.rows = 0
-
-    def add(self, values) -> None:
-        if isinstance(values, np.ndarray) and values.dtype != object:
-            self.add_sums(row_checksums(values))
-        else:  # strings: CRC of each UTF-8 value
-            self.add_sums(np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values)))
-
-    def add_sums(self, sums: np.ndarray) -> None:
-        """Take the next rows by their `row_checksums` (computed elsewhere, e.g. in a worker thread)."""
-        position = np.arange(self.rows + 1, self.rows + len(sums) + 1, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            self.value = np.uint64(self.value + (np.asarray(sums, np.uint64) * (
-                position * np.uint64(0x9E3779B97F4A7C15))).sum(dtype=np.uint64))
-        self.rows += len(sums)
+_Digest = Digest  # the name earlier versions (and their tests) used
 
 
 @dataclass
@@ -110,7 +83,7 @@ class _BlockWriter:
         self.stage = np.zeros((self.chunk_rows, *dataset.shape[1:]), dataset.dtype)
         self.staged = 0  # rows waiting in the stage
         self.written = 0  # rows on disk: whole chunks until `finish`
-        self.digest = _Digest()
+        self.digest = Digest()
         self._origin = (0,) * (dataset.ndim - 1)
 
     def add(self, values: np.ndarray, sums: np.ndarray | None = None) -> None:
@@ -161,7 +134,7 @@ class _TableWriter:
         self.buffer: list = []  # the batches handed in
         self.buffered = 0  # rows in them
         self.written = 0
-        self.digest = _Digest()
+        self.digest = Digest()
 
     def add(self, values) -> None:
         self.buffer.append(values)
@@ -286,7 +259,7 @@ class ShardWriter:
     def _create(self, expected_segments: int, expected_clips: int, meta: dict[str, str]) -> None:
         config = self.config
         self.guard = _GuardedFile(self.tmp_path)
-        self.file = h5py.File(self.guard, "w")
+        self.file = h5py.File(self.guard, "w", libver=("v110", "v110"))
         length, mels, frames = config.segment_samples, config.n_mels, config.n_frames
         waveform = self.file.create_dataset(
             "waveform", shape=(expected_segments, length), maxshape=(None, length), dtype=np.int16,
@@ -296,8 +269,10 @@ class ShardWriter:
             dtype=np.float32, chunks=(_rows_per_chunk(mels * frames * 4), mels, frames))
         self.blocks = {"waveform": _BlockWriter(waveform), "logmel": _BlockWriter(logmel)}
         self.tables: dict[str, _TableWriter] = {}
+        sums = {name: np.uint64 for name in self.blocks}  # each stored row's checksum (asd.cache.integrity)
         for group, columns, expected in (("clips", CLIP_COLUMNS, expected_clips),
-                                         ("segments", SEGMENT_COLUMNS, expected_segments)):
+                                         ("segments", SEGMENT_COLUMNS, expected_segments),
+                                         (CHECKSUM_GROUP, sums, expected_segments)):
             for name, dtype in columns.items():
                 dataset = self.file.create_dataset(
                     f"{group}/{name}", shape=(expected,), maxshape=(None,), dtype=dtype,
@@ -354,6 +329,8 @@ class ShardWriter:
                                           enumerate(rows, self.n_clips) for k in range(row["n_segments"])])
         self.blocks["waveform"].add(batch.waves, batch.wave_sums)
         self.blocks["logmel"].add(batch.logmels, batch.logmel_sums)
+        self.tables[f"{CHECKSUM_GROUP}/waveform"].add(batch.wave_sums)
+        self.tables[f"{CHECKSUM_GROUP}/logmel"].add(batch.logmel_sums)
         self.n_clips += len(clips)
         self.n_segments += int(counts.sum())
 
@@ -369,6 +346,8 @@ class ShardWriter:
             attrs["n_segments"] = self.n_segments
             attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             attrs["complete"] = True
+            attrs[DIGESTS_ATTR] = json.dumps({name: w.digest.hex for name, w in self.tables.items()}, sort_keys=True)
+            attrs[HEADER_DIGEST_ATTR] = header_digest(attrs)  # last: it covers the attributes above
             self.file.flush()
             self.file.close()
             if self.guard.error is not None:
@@ -377,6 +356,7 @@ class ShardWriter:
             self.guard.close()
             self._verify()
             os.replace(self.tmp_path, self.final_path)
+            write_stamp(self.final_path)  # read back in full just now: data_prep's next run may trust it
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             self.abort()
             raise ShardWriteFailed(self.final_path, f"{_reason(err)}; nothing was committed") from err
@@ -388,19 +368,18 @@ class ShardWriter:
         with h5py.File(self.tmp_path, "r") as file:
             if not file.attrs.get("complete") or int(file.attrs["n_segments"]) != self.n_segments:
                 raise OSError("the shard's attributes did not read back as written")
+            try:
+                check_header(file.attrs)
+            except Damage as err:
+                raise OSError(f"the shard's attributes did not read back as written ({err})") from None
             for name, (digest, rows) in expected.items():
                 dataset = file[name]
                 if dataset.shape[0] != rows:
                     raise OSError(f"{name} holds {dataset.shape[0]} rows, {rows} were written")
-                got = _Digest()
+                got = Digest()
                 if name in self.blocks:  # the big ones: raw chunk bytes into a buffer, digested per block
-                    stage, zeros = _read_buffer(dataset), (0,) * (dataset.ndim - 1)
-                    flat, step, read = stage.reshape(-1).view(np.uint8), dataset.chunks[0], dataset.id.read_direct_chunk
-                    for block_start in range(0, rows, len(stage)):
-                        block_rows = min(len(stage), rows - block_start)
-                        for start in range(0, block_rows, step):
-                            read((block_start + start, *zeros), out=flat[start * stage[0].nbytes:])
-                        got.add(stage[:block_rows])
+                    for _, block in iter_blocks(dataset):
+                        got.add(block)
                 else:
                     step = max(dataset.chunks[0], TABLE_CHUNK_ROWS)
                     for start in range(0, rows, step):
@@ -424,14 +403,6 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-
-
-def _read_buffer(dataset: h5py.Dataset) -> np.ndarray:
-    """A buffer of about `BLOCK_BYTES`, whole chunks of `dataset`'s rows, for reading it back."""
-    chunk_rows = dataset.chunks[0]
-    row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
-    rows = max(1, BLOCK_BYTES // (row_bytes * chunk_rows)) * chunk_rows
-    return np.empty((rows, *dataset.shape[1:]), dataset.dtype)
 
 
 def _reason(err: BaseException) -> str:

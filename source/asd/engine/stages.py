@@ -220,7 +220,7 @@ def test_stage(folder: RunFolder, machines: tuple[str, ...] = (), device: str | 
     from asd.models.device import resolve_device
 
     folder = RunFolder.existing(folder.path)
-    config = RunConfig.from_dict(folder.run_record())
+    config = folder.run_config()
     config = config.with_device(device) if device else config
     resolve_device(config.fit.device)
     check_plotting()

@@ -25,9 +25,15 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from asd.errors import AsdError
+from asd.errors import AsdError, DamagedFile
 from asd.evaluation.metrics import MAX_FPR, auc_or_nan, dataset_score, metrics_table, rules_label
-from asd.evaluation.submission import read_submission_decisions, read_submission_scores, submission_file_names
+from asd.evaluation.submission import (
+    BadSubmissionFile,
+    read_submission_decisions,
+    read_submission_scores,
+    submission_file_names,
+)
+from asd.readback import parse_flag, read_text
 from asd.run_folder import RunFolder, evaluation_dir_for
 
 _GT_2022 = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
@@ -52,11 +58,30 @@ class GroundTruth:
 
 
 def _read_pairs(path: Path) -> list[list[str]]:
-    rows = [line.strip().split(",", 1) for line in path.read_text().splitlines() if line.strip()]
-    bad = [r for r in rows if len(r) != 2]
-    if bad:
-        raise EvaluationError(f"{path}: expected 'file_name,value' rows, found {bad[0]!r}")
-    return rows
+    """The `file_name,value` rows of a ground-truth file (no header); EvaluationError naming the file and
+    the row when it is binary, not UTF-8, or has a row of another shape."""
+    try:
+        text = read_text(path, "a ground-truth file", "use the organisers' file")
+    except DamagedFile as err:
+        raise EvaluationError(str(err)) from None
+    rows = [line.strip().split(",", 1) for line in text.splitlines() if line.strip()]
+    for number, row in enumerate(rows, 1):
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise EvaluationError(f"{path}: row {number}: expected 'file_name,value', found {','.join(row)!r}")
+    return [[name.strip(), value.strip()] for name, value in rows]
+
+
+def _flags(path: Path, rows: list[list[str]], meaning: str) -> list[int]:
+    """The 0/1 values of a ground-truth file's rows: "1"/"0", "1.0"/"0.0" and "True"/"False" are read as
+    what they say; anything else is ambiguous and refused, naming the file and the row."""
+    flags = []
+    for number, (name, value) in enumerate(rows, 1):
+        flag = parse_flag(value)
+        if flag is None:
+            raise EvaluationError(f"{path}: row {number} ({name}): {value!r} is not 0 or 1 ({meaning}; "
+                                  "accepted: 0/1, 0.0/1.0, False/True)")
+        flags.append(flag)
+    return flags
 
 
 def load_ground_truth(folder: Path) -> GroundTruth:
@@ -69,17 +94,20 @@ def load_ground_truth(folder: Path) -> GroundTruth:
     frames = []
     for path in sorted(data_dir.glob("ground_truth_*.csv")):
         rows = _read_pairs(path)
+        labels = _flags(path, rows, "1 = anomaly")
         if (m := _GT_2021.match(path.name)) is not None:
             domains, rules = [m["domain"]] * len(rows), "dcase2021"
         elif (m := _GT_2022.match(path.name)) is not None:
             domain_path = folder / "ground_truth_domain" / path.name
             if not domain_path.exists():
                 raise EvaluationError(f"{domain_path} is missing (every ground_truth_data file needs its domain file)")
-            domain_of = dict(_read_pairs(domain_path))
+            domain_rows = _read_pairs(domain_path)
+            domain_of = dict(zip((n for n, _ in domain_rows), _flags(domain_path, domain_rows, "1 = target domain"),
+                                 strict=True))
             missing = [n for n, _ in rows if n not in domain_of]
             if missing:
-                raise EvaluationError(f"{domain_path.name}: no domain for {len(missing)} clip(s), e.g. {missing[0]}")
-            domains = ["target" if domain_of[n].strip() == "1" else "source" for n, _ in rows]
+                raise EvaluationError(f"{domain_path}: no domain for {len(missing)} clip(s), e.g. {missing[0]}")
+            domains = ["target" if domain_of[n] else "source" for n, _ in rows]
             rules = "dcase2022"
         else:
             raise EvaluationError(f"{path.name}: not a ground-truth file name")
@@ -90,7 +118,7 @@ def load_ground_truth(folder: Path) -> GroundTruth:
         frames.append(pd.DataFrame({
             "machine": m["machine"], "section": m["section"], "rules": rules, "domain": domains,
             "file_name": [n for n, _ in rows],
-            "label": ["anomaly" if v.strip() == "1" else "normal" for _, v in rows],
+            "label": ["anomaly" if flag else "normal" for flag in labels],
             "alias": [alias.get(n) for n, _ in rows], "gt_file": path.name,
         }))
     if not frames:
@@ -251,7 +279,7 @@ def evaluate_folders(ground_truth: Path, folders, with_ci: bool = True, echo: Ca
         for sub in found:
             try:
                 ev = evaluate_folder(sub, truth, with_ci=with_ci)
-            except EvaluationError as err:  # this folder only: the others are still evaluated
+            except (EvaluationError, BadSubmissionFile) as err:  # this folder only: the others are still evaluated
                 (echo_error or echo)(f"error: {err}")
                 all_done = False
                 continue

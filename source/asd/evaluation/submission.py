@@ -16,6 +16,7 @@ recomputed from the files equal those in ``result.csv`` exactly.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from asd.dataset.layout import UnparseableName, parse_clip_name
+from asd.errors import BadInput, DamagedFile
 from asd.evaluation.metrics import DOMAINS, check_rules, dataset_score, machine_results, metrics_table
 from asd.folders import atomic_file
+from asd.readback import parse_flag, read_text
 
 PREDICTION_COLUMNS = ("file_name", "machine", "section", "domain", "label", "score", "threshold", "decision")
 
@@ -116,27 +119,46 @@ def write_submission_files(predictions: pd.DataFrame, out_dir: str | Path, rules
     return written
 
 
+class BadSubmissionFile(BadInput, ValueError):
+    """An official-format file that is not one (binary, another shape, a value that is not a score or a
+    0/1 decision); the message names the file and the row."""
+
+
 def _read_two_columns(path: str | Path) -> list[tuple[str, str]]:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    bad = [r for r in rows if len(r) != 2]
-    if bad:
-        raise ValueError(f"{path}: expected 'file_name,value' rows, found {bad[0]!r}")
+    try:
+        text = read_text(path, "an official-format file", "write it again")
+    except DamagedFile as err:
+        raise BadSubmissionFile(str(err)) from None
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    for number, row in enumerate(rows, 1):
+        if len(row) != 2 or not row[0].strip():
+            raise BadSubmissionFile(f"{path}: row {number}: expected 'file_name,value' rows, found {row!r}")
     return [(r[0], r[1]) for r in rows]
 
 
 def read_submission_scores(path: str | Path) -> pd.DataFrame:
     """Read an anomaly-score (or decision) CSV into a frame with ``file_name`` and float ``score``."""
     rows = _read_two_columns(path)
-    return pd.DataFrame({"file_name": [r[0] for r in rows],
-                         "score": np.array([float(r[1]) for r in rows], dtype=np.float64)})
+    scores = np.empty(len(rows), dtype=np.float64)
+    for number, (name, value) in enumerate(rows):
+        try:
+            scores[number] = float(value)
+        except ValueError:
+            raise BadSubmissionFile(f"{path}: row {number + 1} ({name}): score {value!r} is not a number") from None
+    return pd.DataFrame({"file_name": [r[0] for r in rows], "score": scores})
 
 
 def read_submission_decisions(path: str | Path) -> pd.DataFrame:
-    """Read a decision-result CSV into a frame with ``file_name`` and int ``decision``."""
+    """Read a decision-result CSV into a frame with ``file_name`` and int ``decision`` (0/1, also written
+    as 0.0/1.0 or False/True; anything else is refused by name)."""
     rows = _read_two_columns(path)
-    return pd.DataFrame({"file_name": [r[0] for r in rows],
-                         "decision": np.array([int(float(r[1])) for r in rows], dtype=np.int64)})
+    decisions = []
+    for number, (name, value) in enumerate(rows, 1):
+        flag = parse_flag(value)
+        if flag is None:
+            raise BadSubmissionFile(f"{path}: row {number} ({name}): decision {value!r} is not 0 or 1")
+        decisions.append(flag)
+    return pd.DataFrame({"file_name": [r[0] for r in rows], "decision": np.array(decisions, dtype=np.int64)})
 
 
 def domain_and_label(file_name: str) -> tuple[str, str]:

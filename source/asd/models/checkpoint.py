@@ -4,10 +4,15 @@ A checkpoint holds the model's name and config, its fitted state (tensors and pl
 loads with `torch.load(weights_only=True)` and never runs pickled code), the feature fingerprint and
 settings of the shard it was trained on, its thresholds, its loss history, its fit settings and the
 configuration of the run that made it, as that run wrote it into `config.json`.
+
+Beside it, `model.pt.sha256` holds the file's SHA-256 (in `sha256sum -c` format): every load checks it,
+so a model.pt with a flipped bit, cut short or replaced is refused by name, never loaded as valid.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,8 +22,10 @@ import torch
 from asd.errors import MAIN_COMMAND, DamagedFile, MissingModel
 from asd.models.base import Detector, FitConfig
 from asd.models.registry import MODELS, detector_class
+from asd.version import __version__
 
 _KEYS = ("model", "config", "fingerprint", "feature_config", "thresholds", "history", "state")
+FORMAT = 1  # bump when what a checkpoint holds changes meaning: other formats are refused by name
 
 
 def save_detector(detector: Detector, path: str | Path, run_config: dict[str, Any] | None = None) -> Path:
@@ -26,6 +33,7 @@ def save_detector(detector: Detector, path: str | Path, run_config: dict[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "format": FORMAT, "package_version": __version__,
         "model": detector.name, "config": asdict(detector.config), "fingerprint": detector.fingerprint_,
         "feature_config": detector.feature_config_, "thresholds": detector.thresholds_,
         "history": detector.history_,
@@ -35,10 +43,41 @@ def save_detector(detector: Detector, path: str | Path, run_config: dict[str, An
                             {column: detector.decision_scores_[column].tolist()
                              for column in detector.decision_scores_.columns}),
     }
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+    digest_file, tmp = digest_path(path), path.with_name(f".{path.name}.partial")
+    digest_tmp = digest_file.with_name(f".{digest_file.name}.partial")
+    digest_tmp.write_text(f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")  # the `sha256sum -c` format
+    tmp.write_bytes(data)
+    # The digest first: a save cut short between the renames leaves a digest without its model (nothing
+    # to load) or, over an older model, one that does not match it (refused by name); never a model
+    # trusted without its digest.
+    digest_tmp.replace(digest_file)
     tmp.replace(path)
     return path
+
+
+def digest_path(path: str | Path) -> Path:
+    """`model.pt.sha256` beside `model.pt`: the SHA-256 of the model file, checked on every load."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _read_verified(path: Path, damaged: str) -> bytes:
+    """The model file's bytes, after checking them against the digest saved beside them."""
+    digest_file = digest_path(path)
+    try:
+        expected = digest_file.read_text(errors="replace").split()[0].lower() if digest_file.is_file() else None
+    except (OSError, IndexError):
+        expected = ""
+    if expected is None:
+        raise DamagedFile(damaged.format(f"no {digest_file.name} beside it: saved by another version of the "
+                                         "project, or the digest was removed"))
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise DamagedFile(damaged.format(f"its bytes do not match the SHA-256 in {digest_file.name}"))
+    return data
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -48,8 +87,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise MissingModel(f"no model at {path}; train one first with `{MAIN_COMMAND} train`")
     damaged = (f"{path} is damaged or is not a model saved by this project ({{}}); retrain it with "
                f"`{MAIN_COMMAND} train` (it is never loaded with arbitrary pickled code)")
+    data = _read_verified(path, damaged)
     try:  # only reading the file is guarded here: a failure in it means a damaged file, not a bug
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - garbage bytes make the unpickler raise nearly anything
@@ -60,11 +100,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or any(k not in payload for k in _KEYS) or \
             not ({"fit_config", "train_config"} & set(payload)):
         raise DamagedFile(damaged.format("not a checkpoint: expected keys " + ", ".join((*_KEYS, "fit_config"))))
+    if payload.get("format", FORMAT) != FORMAT:
+        raise DamagedFile(damaged.format(f"checkpoint format {payload['format']!r}, saved by another version of "
+                                         f"the project; this version reads format {FORMAT}"))
     try:
-        detector_class(payload["model"])
+        cls = detector_class(payload["model"])
     except KeyError:
         raise DamagedFile(damaged.format(f"unknown model {payload['model']!r}; this version knows "
                                          f"{sorted(MODELS)}")) from None
+    try:  # settings this version's model does not take: saved by another version
+        cls.config_class(**payload["config"])
+    except (TypeError, ValueError) as err:
+        raise DamagedFile(damaged.format(f"its {payload['model']} settings are not this version's: {err}")) from None
     return payload
 
 

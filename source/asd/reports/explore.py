@@ -8,7 +8,6 @@ the number of clips (see `clip_reader` and `explore_stats`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -22,7 +21,8 @@ from matplotlib.figure import Figure
 from asd.cache.clips import ClipData, iter_raw_clips, iter_shard_clips
 from asd.cache.store import SUMMARY_NAME
 from asd.cache.store import summary_path as prep_summary_path
-from asd.errors import MAIN_COMMAND, PREP_COMMAND, BadInput
+from asd.errors import MAIN_COMMAND, PREP_COMMAND, BadInput, DamagedFile
+from asd.readback import read_json_object
 from asd.reports.explore_stats import RMS_BINS, DatasetStats, Distances
 from asd.reports.html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
 
@@ -89,10 +89,10 @@ def _unit_clips(unit: Unit, with_audio: bool, rows=None) -> Iterator[ClipData | 
 def _unit_settings(unit: Unit) -> tuple[int, int]:
     """(sample rate, log-mel hop length) of a unit's clips."""
     if unit.shard is not None:
-        import h5py
+        from asd.cache.shard import Shard
 
-        with h5py.File(unit.shard, "r") as file:
-            return int(file.attrs["sample_rate"]), int(file.attrs["hop_length"])
+        attrs = Shard(unit.shard).attrs  # the header checked against its digest
+        return int(attrs["sample_rate"]), int(attrs["hop_length"])
     from asd.cache.features import FeatureConfig
 
     config = FeatureConfig()
@@ -155,6 +155,11 @@ def _level_row(stats: DatasetStats, machine: str, domain: str) -> dict:
             "silent fraction max": get("silent_fraction").hi}
 
 
+def _seconds(value: object) -> float:
+    """A duration from data_prep's summary (0 when it is not a number)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def _prep_notes(config: ExploreConfig, dataset: str, scan_skipped: list[tuple[str, str]],
                 stats: DatasetStats) -> str:
     parts = []
@@ -164,16 +169,22 @@ def _prep_notes(config: ExploreConfig, dataset: str, scan_skipped: list[tuple[st
         summary_path = next((p for p in (prep_summary_path(root), prep_summary_path(root.parent)) if p.is_file()),
                             None)
     skipped = list(scan_skipped)
+    record = None
     if summary_path is not None:
-        record = json.loads(summary_path.read_text())
+        try:
+            record = read_json_object(summary_path, "data_prep's summary", f"the next `{PREP_COMMAND}` writes it again")
+        except DamagedFile as err:
+            parts.append(f'<p class="note">{esc(err)}</p>')
+    if record is not None:
         parts.append(f"<p>From <code>{esc(summary_path)}</code> (last data_prep run): {record.get('clips', 0)} "
                      f"clips, {record.get('segments', 0)} segments, {len(record.get('shards_written', []))} shards "
                      f"written, {len(record.get('shards_skipped', []))} up to date, "
-                     f"{float(record.get('seconds', 0)):.1f} s.</p>")
-        if record.get("notes"):
+                     f"{_seconds(record.get('seconds')):.1f} s.</p>")
+        if isinstance(record.get("notes"), dict) and record["notes"]:
             parts.append(table(pd.DataFrame(sorted(record["notes"].items()), columns=["note", "clips"])))
-        skipped += [(f["path"], f["reason"]) for f in record.get("files_skipped", [])]
-    elif config.processed_dir is not None:
+        skipped += [(str(f["path"]), str(f["reason"])) for f in record.get("files_skipped", [])
+                    if isinstance(f, dict) and {"path", "reason"} <= set(f)]
+    elif summary_path is None and config.processed_dir is not None:
         parts.append(f'<p class="note">No {SUMMARY_NAME} beside the shards.</p>')
     mine = [(p, r) for p, r in skipped if p.startswith(f"{dataset}/") or f"/{dataset}/" in p]
     parts.append(f"<h3>Files skipped ({len(mine)})</h3>")

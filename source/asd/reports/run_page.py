@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from asd.cache.clips import find_clip_rows, iter_shard_clips
+from asd.cache.shard import Shard
 from asd.cache.store import machine_data
-from asd.errors import MAIN_COMMAND
+from asd.errors import MAIN_COMMAND, AsdError
 from asd.reports.html import MediaBudget, esc, page, slug, spectrogram_figure, table, write_page
 from asd.run_folder import RunFolder
 
@@ -27,27 +28,29 @@ def _test_shards(processed_dir: str, dataset: str, machine: str) -> list[Path]:
 
 def _clip_cards(shards: list[Path], rows: pd.DataFrame, budget: MediaBudget, seconds: float) -> str:
     """Spectrogram and audio of the listed predictions rows, read from the test shards."""
-    import h5py
-
     wanted = set(rows["file_name"])
     cards: dict[str, str] = {}
+    problems: list[str] = []
     for shard in shards:
-        found = find_clip_rows(shard, wanted - set(cards))
-        if not found:
-            continue
-        with h5py.File(shard, "r") as file:
-            rate, hop = int(file.attrs["sample_rate"]), int(file.attrs["hop_length"])
-        for clip in iter_shard_clips(shard, with_audio=True, rows=list(found.values())):
-            name = clip.meta["file_name"]
-            row = rows[rows["file_name"] == name].iloc[0]
-            caption = (f"{row['domain']} {row['label']}: score {row['score']:.4g} "
-                       f"(threshold {row['threshold']:.4g})")
-            fig = spectrogram_figure(clip.logmel, rate, hop, name)
-            cards[name] = (f'<div class="card">{budget.picture(fig, name)}<div>{esc(caption)}</div>'
-                           f"{budget.audio(clip.samples, rate, seconds)}</div>")
+        try:  # a shard damaged since it was scored costs its pictures, not the page
+            found = find_clip_rows(shard, wanted - set(cards))
+            if not found:
+                continue
+            attrs = Shard(shard).attrs
+            rate, hop = int(attrs["sample_rate"]), int(attrs["hop_length"])
+            for clip in iter_shard_clips(shard, with_audio=True, rows=list(found.values())):
+                name = clip.meta["file_name"]
+                row = rows[rows["file_name"] == name].iloc[0]
+                caption = (f"{row['domain']} {row['label']}: score {row['score']:.4g} "
+                           f"(threshold {row['threshold']:.4g})")
+                fig = spectrogram_figure(clip.logmel, rate, hop, name)
+                cards[name] = (f'<div class="card">{budget.picture(fig, name)}<div>{esc(caption)}</div>'
+                               f"{budget.audio(clip.samples, rate, seconds)}</div>")
+        except AsdError as err:
+            problems.append(str(err))
     missing = [n for n in rows["file_name"] if n not in cards]
     note = (f"<p class='note'>Not found in the test shards ({len(missing)}): {esc(', '.join(missing))}</p>"
-            if missing else "")
+            if missing else "") + "".join(f"<p class='note'>{esc(problem)}</p>" for problem in problems)
     return f"<div class='grid'>{''.join(cards[n] for n in rows['file_name'] if n in cards)}</div>{note}"
 
 
@@ -100,8 +103,8 @@ def write_run_report(run: RunFolder | Path, examples: int = 3, audio_seconds: fl
     predictions = folder.read_predictions()
     sections = []
     for dataset in folder.datasets():
-        summary = pd.read_csv(folder.summary_csv(dataset), dtype={"section": str})
-        official = pd.read_csv(folder.official_score_csv(dataset), dtype=str)
+        summary = folder.read_summary(dataset)
+        official = folder.read_official_scores(dataset)
         official["value"] = [_number(v) for v in official["value"]]
         sections.append((f"Summary: {dataset}",
                          table(official, f"official-{slug(dataset)}", 4)

@@ -83,7 +83,7 @@ def run_scores(run: str | Path) -> pd.DataFrame:
     folder = RunFolder(run)
     rows = []
     for dataset in folder.datasets():
-        table = pd.read_csv(folder.official_score_csv(dataset))
+        table = folder.read_official_scores(dataset)
         for metric, value in zip(table["metric"], table["value"], strict=True):
             if metric != "rules":
                 rows.append({"dataset": dataset, "metric": metric, "value": float(value)})
@@ -107,7 +107,7 @@ def comparison_frame(runs: list[Path]) -> pd.DataFrame | None:
         folder = RunFolder(run)
         label = folder.path.name
         for dataset in folder.datasets():
-            table = pd.read_csv(folder.summary_csv(dataset), dtype={"section": str})
+            table = folder.read_summary(dataset)
             keep = [c for c in ("AUC (source)", "AUC (target)", "pAUC", "AUC") if c in table.columns]
             part = table[["machine", "section", *keep]].assign(dataset=dataset)
             part = part.set_index(["dataset", "machine", "section"])
