@@ -173,7 +173,8 @@ def save_model(detector: Detector, machine: MachineData, config: RunConfig, fold
 def _write_failure(err: BaseException, folder: Path) -> str | None:
     """Why writing a file failed, when `err` says it did (None: any other error, which is a bug)."""
     if isinstance(err, OSError):
-        return err.strerror or str(err)
+        reason = err.strerror or str(err)
+        return reason[:1].lower() + reason[1:]  # "no space left on device", as the torch branch below says
     # torch's writer (caffe2 inline_container) reports a failed write as "unexpected pos ..." or
     # "PytorchStreamWriter failed writing file ...", without the system's reason
     text = str(err)
