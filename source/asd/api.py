@@ -109,8 +109,10 @@ class Run:
 
     @property
     def config(self) -> RunConfig:
+        """The run configuration config.json records."""
+        from asd.engine.config import recorded_config
 
-        return self.folder.run_config()
+        return recorded_config(self.folder)
 
     @property
     def predictions(self) -> pd.DataFrame:

@@ -286,16 +286,9 @@ class RunFolder:
                 **{k: old.pop(k) for k in ("val_fraction", "threshold_method", "threshold_percentile") if k in old},
                 "fit": old}
 
-    def run_config(self):
-        """The run configuration (`asd.engine.config.RunConfig`) of config.json; DamagedFile when its values
-        are not one (another version's record, or edited by hand)."""
-        from asd.engine.config import RunConfig
-
-        try:
-            return RunConfig.from_dict(self.run_record())
-        except (TypeError, ValueError, AttributeError) as err:
-            raise readback_damaged(self.config_json, "a run's config.json", f"its run record: {err}",
-                                   self._retrain_fix()) from None
+    def damaged_config(self, why: str) -> Exception:
+        """The one-line error for a config.json whose run record is not one this version reads."""
+        return readback_damaged(self.config_json, "a run's config.json", why, self._retrain_fix())
 
     def write_config_yaml(self, text: str) -> Path:
         return write_atomically(self.config_yaml, text)

@@ -17,6 +17,7 @@ from asd.errors import BadInput
 from asd.evaluation.thresholds import METHODS as THRESHOLD_METHODS
 from asd.models.base import Detector, FitConfig
 from asd.models.registry import DEFAULT_MODEL, make_detector, model_class
+from asd.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -145,3 +146,12 @@ def _model_options(model: str, options: dict[str, Any]) -> dict[str, Any]:
             flag = "--members" if set(overrides) == {"members"} else "--model-option"
             raise BadInput(f"{flag}: {err}") from None
     return overrides
+
+
+def recorded_config(folder: RunFolder) -> RunConfig:
+    """The run configuration a run folder's config.json records; DamagedFile (naming the file) when its
+    values are not one (another version's record, or edited by hand)."""
+    try:
+        return RunConfig.from_dict(folder.run_record())
+    except (TypeError, ValueError, AttributeError) as err:
+        raise folder.damaged_config(f"its run record: {err}") from None

@@ -25,7 +25,7 @@ import pandas as pd
 
 from asd.cache.shard import check_shard
 from asd.cache.store import MachineData, discover, old_layout_note
-from asd.engine.config import RunConfig
+from asd.engine.config import RunConfig, recorded_config
 from asd.errors import PREP_COMMAND, AsdError, BadInput, BadState
 from asd.folders import check_writable_dir, write_atomically
 from asd.reports.backend import check_plotting
@@ -220,7 +220,7 @@ def test_stage(folder: RunFolder, machines: tuple[str, ...] = (), device: str | 
     from asd.models.device import resolve_device
 
     folder = RunFolder.existing(folder.path)
-    config = folder.run_config()
+    config = recorded_config(folder)
     config = config.with_device(device) if device else config
     resolve_device(config.fit.device)
     check_plotting()
