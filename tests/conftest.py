@@ -196,3 +196,55 @@ def gmm_run(synth_set: dict[str, Path]) -> tuple[Path, subprocess.CompletedProce
 def ae_run(synth_set: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
     """The same with the autoencoder for two epochs (a model with a loss curve)."""
     return _finished_run(synth_set, "ae", "--model", "ae", "--epochs", "2")
+
+
+# --- shards compared, read-only folders (the reliability cases share them) -------------------------------------
+VOLATILE_SHARD_ATTRS = {"created_utc", "source_digest", "source_root"}  # when and from where, not what
+
+
+def shard_contents(path: Path) -> dict:
+    """Everything a shard holds except its creation time, source location and input digest."""
+    import h5py
+
+    found: dict = {}
+    with h5py.File(path, "r") as file:
+        found["attrs"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()
+                          if k not in VOLATILE_SHARD_ATTRS}
+
+        def visit(name: str, item) -> None:
+            if isinstance(item, h5py.Dataset):
+                found[name] = item.asstr()[()].tolist() if item.dtype.kind == "O" else item[()]
+        file.visititems(visit)
+    return found
+
+
+def assert_same_shard(a: Path, b: Path) -> None:
+    """Two shards hold the same data and settings (what rebuilding one must give back)."""
+    ca, cb = shard_contents(a), shard_contents(b)
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        if isinstance(ca[key], np.ndarray):
+            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{b}: {key}")
+        else:
+            assert ca[key] == cb[key], f"{b}: {key}"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nothing can be written to: a read-only tmpfs as root (root ignores permissions), else
+    mode 0o555. Skips when root cannot mount one."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

@@ -8,7 +8,6 @@ others are done), 0 = all done. A bug keeps its traceback.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -257,25 +256,6 @@ def test_output_dir_that_is_a_file(data, tmp_path) -> None:
     done = run(MAIN, "train", "--processed-dir", str(data["processed"]), "--output-dir", str(target), *FAST)
     assert done.returncode == 2 and f"--output-dir {target} is a file" in done.stderr
     assert target.read_text() == "keep me\n"
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder nobody may write to: a read-only tmpfs for root (permission bits do not stop root),
-    mode 0555 otherwise."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_read_only_output_dir(data, read_only_dir) -> None:

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from conftest import PROJECT_ROOT, build_dataset, write_wav
+from conftest import PROJECT_ROOT, VOLATILE_SHARD_ATTRS, assert_same_shard, build_dataset, write_wav
 
 MAIN = str(PROJECT_ROOT / "source" / "main.py")
 DATA_PREP = str(PROJECT_ROOT / "source" / "data_prep.py")
 REBUILD = "`.venv/bin/python source/data_prep.py` rebuilds it"
-VOLATILE = {"created_utc", "source_root", "source_digest"}
+VOLATILE = VOLATILE_SHARD_ATTRS
 
 
 def run(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -64,30 +64,6 @@ def header_offset(path: Path, name: str) -> int:
     """Where the object header of `name` (a group or dataset) starts in the file."""
     with h5py.File(path, "r") as file:
         return h5py.h5o.get_info(file[name].id).addr
-
-
-def shard_contents(path: Path) -> dict:
-    """Every dataset's values and every attribute but the volatile ones."""
-    found: dict = {}
-    with h5py.File(path, "r") as file:
-        found["attrs"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()
-                          if k not in VOLATILE}
-
-        def visit(name: str, item) -> None:
-            if isinstance(item, h5py.Dataset):
-                found[name] = item.asstr()[()].tolist() if item.dtype.kind == "O" else item[()]
-        file.visititems(visit)
-    return found
-
-
-def assert_same_shard(a: Path, b: Path) -> None:
-    ca, cb = shard_contents(a), shard_contents(b)
-    assert ca.keys() == cb.keys()
-    for key in ca:
-        if isinstance(ca[key], np.ndarray):
-            np.testing.assert_array_equal(ca[key], cb[key], err_msg=key)
-        else:
-            assert ca[key] == cb[key], key
 
 
 @pytest.fixture

@@ -126,25 +126,6 @@ def test_unreachable_scheduler_in_data_prep_is_one_line_at_once(synth_set, tmp_p
     assert not out.exists()
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder nobody may write to: a read-only tmpfs for root (permission bits do not stop root), mode
-    0555 otherwise."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_read_only_explore_out_is_refused_before_the_statistics(synth_set, read_only_dir) -> None:
     out = read_only_dir / "pages"
     done = run(MAIN, "explore", "--processed-dir", synth_set["processed"], "--out", out)

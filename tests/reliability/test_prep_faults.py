@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import PROJECT_ROOT, build_dataset, write_wav
+from conftest import PROJECT_ROOT, assert_same_shard, build_dataset, shard_contents, write_wav
 
 DATA_PREP = PROJECT_ROOT / "source" / "data_prep.py"
 TRAIN = "section_00_source_train_normal_{:04d}_{}.wav"
 TRUNCATED = "section_00_target_train_normal_0090_truncated.wav"
-VOLATILE_ATTRS = {"created_utc", "source_digest", "source_root"}
 
 
 def data_prep(raw: Path, out: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -35,30 +34,6 @@ def data_prep(raw: Path, out: Path, *args: str, timeout: float = 180) -> subproc
     return subprocess.run([sys.executable, str(DATA_PREP), "--raw-dir", str(raw), "--out-dir", str(out),
                            "--jobs", "1", "--quiet", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=raw.parent)
-
-
-def contents(path: Path) -> dict:
-    """Everything a shard holds except its creation time, source location and input digest."""
-    found: dict = {}
-    with h5py.File(path, "r") as file:
-        found["attrs"] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()
-                          if k not in VOLATILE_ATTRS}
-
-        def visit(name: str, item) -> None:
-            if isinstance(item, h5py.Dataset):
-                found[name] = item.asstr()[()].tolist() if item.dtype.kind == "O" else item[()]
-        file.visititems(visit)
-    return found
-
-
-def assert_same_shard(a: Path, b: Path) -> None:
-    ca, cb = contents(a), contents(b)
-    assert ca.keys() == cb.keys()
-    for key in ca:
-        if isinstance(ca[key], np.ndarray):
-            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{b}: {key}")
-        else:
-            assert ca[key] == cb[key], f"{b}: {key}"
 
 
 def shards(out: Path) -> list[str]:
@@ -193,7 +168,7 @@ def test_other_shards_identical_to_a_clean_run(zoo: dict) -> None:
     for rel in ("ds/fan/test.h5", "ds/pump/train.h5"):
         assert_same_shard(reference / rel, out / rel)
     # fan/train holds the clean clips, unchanged, plus the truncated one at the end of the table
-    ref, got = contents(reference / "ds/fan/train.h5"), contents(out / "ds/fan/train.h5")
+    ref, got = shard_contents(reference / "ds/fan/train.h5"), shard_contents(out / "ds/fan/train.h5")
     n = len(ref["waveform"])
     np.testing.assert_array_equal(got["waveform"][:n], ref["waveform"])
     np.testing.assert_array_equal(got["logmel"][:n], ref["logmel"])
