@@ -37,7 +37,7 @@ from asd.engine.train import normal_split, shared_groups  # noqa: E402
 from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
 from asd.evaluation.thresholds import fit_threshold_table  # noqa: E402
 from asd.models.checkpoint import load_detector, read_checkpoint  # noqa: E402
-from asd.models.embedding_data import clip_class_names  # noqa: E402
+from asd.models.embedding_knn import class_names_of  # noqa: E402
 from asd.models.fold_networks import FoldCalibration, assign_folds  # noqa: E402
 from asd.models.knn_domain import DomainBanks  # noqa: E402
 from asd.run_folder import RunFolder  # noqa: E402
@@ -62,17 +62,14 @@ def run_folds(config: RunConfig, machines: list) -> dict[str, tuple[np.ndarray, 
     groups = shared_groups(machines, config)
     out = {}
     for group in groups.values() or [[m] for m in machines]:
-        parts = [(m.machine, Shard(m.train)) for m in group]
-        clips = [normal_split(shard, config)[0] for _, shard in parts]
-        prefixed = bool(groups)
-        names = np.concatenate([np.char.add(f"{machine}/" if prefixed else "",
-                                            clip_class_names(shard.clips.loc[c]).astype(str))
-                                for (machine, shard), c in zip(parts, clips, strict=True)])
+        shards = [Shard(m.train) for m in group]
+        parts = [(m.machine, shard, normal_split(shard, config)[0]) for m, shard in zip(group, shards, strict=True)]
+        names = class_names_of(parts, prefixed=bool(groups))
         folds = assign_folds(names, n, config.fit.seed)
         first = 0
-        for (machine, _), c in zip(parts, clips, strict=True):
-            out[machine] = (c, folds[first:first + len(c)])
-            first += len(c)
+        for machine, _, clips in parts:
+            out[machine] = (clips, folds[first:first + len(clips)])
+            first += len(clips)
     return out
 
 

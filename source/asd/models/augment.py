@@ -1,7 +1,9 @@
-"""Mixup for spectrogram batches with soft labels, driven by an explicit seeded generator."""
+"""Mixup for spectrogram batches with soft labels, driven by an explicit seeded generator; SMOTE-style
+points between the few clips of a sparse domain."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.special import betaincinv
 from torch import Tensor
@@ -46,3 +48,15 @@ def mixup(
     lam_x = lam.to(device=x.device, dtype=x.dtype).view(batch, *([1] * (x.dim() - 1)))
     lam_y = lam.to(device=y.device, dtype=y.dtype).view(batch, 1)
     return lam_x * x + (1 - lam_x) * x[perm], lam_y * y + (1 - lam_y) * y[perm]
+
+
+def points_between(x: np.ndarray, per_row: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_row * len(x)`` points, each at a random place on the segment between two distinct rows of
+    ``x`` (SMOTE-style); none when there are fewer than two rows."""
+    n = len(x)
+    if n < 2 or per_row < 1:
+        return np.zeros((0, *x.shape[1:]), dtype=x.dtype)
+    first = rng.integers(0, n, n * per_row)
+    second = (first + rng.integers(1, n, n * per_row)) % n  # another row
+    weight = rng.random((n * per_row, 1))
+    return x[first] + weight * (x[second] - x[first])

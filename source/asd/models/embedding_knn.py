@@ -40,6 +40,14 @@ from asd.models.knn_domain import DomainBanks
 Part = tuple[str, Shard, np.ndarray]  # machine type, training shard, its sorted training clips
 
 
+def class_names_of(parts: list[Part], prefixed: bool) -> np.ndarray:
+    """Each training clip's auxiliary class, part after part (prefixed by its machine type when the
+    networks learn several): the labels the networks learn and the strata their folds are dealt by."""
+    return np.concatenate([np.char.add(f"{machine}/" if prefixed else "",
+                                       clip_class_names(shard.clips.loc[clips]).astype(str))
+                           for machine, shard, clips in parts])
+
+
 @dataclass
 class FoldNetworks:
     """Networks trained on complementary folds of one or several machine types' clips: network ``k`` never
@@ -105,14 +113,12 @@ class EmbeddingKnnDetector(Detector):
                            + ", ".join(f"{shard.path}: {shard.fingerprint}" for _, shard, _ in every)
                            + "); prepare them with the same data_prep settings, or train with "
                            "--model-option scope=machine")
-        names = np.concatenate([np.char.add(f"{machine}/" if prefixed else "",
-                                            clip_class_names(shard.clips.loc[clips]).astype(str))
-                                for machine, shard, clips in every])
+        names = class_names_of(every, prefixed)
         table = sorted(set(names.tolist()))
         labels = np.searchsorted(np.asarray(table), names)
         n_own = sum(len(clips) for _, _, clips in parts)
         n = self.config.n_networks
-        folds = assign_folds(names[:n_own], n, fit_config.seed)
+        folds = assign_folds(names[:n_own], n, fit_config.seed)  # auxiliary clips: in every network
         owner = np.concatenate([np.full(len(clips), i) for i, (_, _, clips) in enumerate(parts)])
         counts = np.bincount(labels, minlength=len(table))
         log(f"{len(table)} classes, {n_own} training clips in {n} folds (network k never sees fold k)"

@@ -35,6 +35,7 @@ import torch
 from asd.cache.reading import segment_rows_of
 from asd.cache.shard import Shard
 from asd.dataset.layout import DOMAINS
+from asd.models.augment import points_between
 from asd.models.base import Detector, FitConfig
 from asd.models.calibration import DomainCalibration, domain_column
 from asd.models.pooling import pooled_features
@@ -139,7 +140,7 @@ def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray,
                 continue
             x = features[chosen]
             if domain == "target" and cfg.target_mixup:
-                x = np.concatenate([x, _interpolated(x, cfg.target_mixup, seed)])
+                x = np.concatenate([x, points_between(x, cfg.target_mixup, np.random.default_rng(seed))])
             if components is None:
                 models[key] = DiagonalGmm.fit(x, cfg.max_components, cfg.min_clips_per_component,
                                               cfg.reg_covar, seed, 1, prior, cfg.prior_clips)
@@ -148,15 +149,6 @@ def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray,
                 models[key] = DiagonalGmm.fit(x, k, cfg.min_clips_per_component, cfg.reg_covar,
                                               seed, k, prior, cfg.prior_clips)
     return models
-
-
-def _interpolated(x: np.ndarray, per_clip: int, seed: int) -> np.ndarray:
-    """``per_clip * len(x)`` points on segments between two distinct rows of ``x`` (SMOTE-style)."""
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    first = rng.integers(0, n, n * per_clip)
-    second = (first + rng.integers(1, n, n * per_clip)) % n
-    return x[first] + rng.random((n * per_clip, 1)) * (x[second] - x[first])
 
 
 def domain_nll(models: dict[tuple[str, str], DiagonalGmm], features: np.ndarray, sections: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from asd.models.augment import points_between
 from asd.models.calibration import ALL_SECTIONS, DOMAINS
 
 
@@ -38,15 +39,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_distance(queries: np.ndarray, bank: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """Cosine distance of each unit-length query to its nearest unit-length bank row, one matrix product
-    (``exclude_self``: queries are the bank itself, leave each one out). An empty bank gives ``inf``."""
+def nearest_distance(queries: np.ndarray, bank: np.ndarray, scales: np.ndarray | None = None,
+                     exclude_self: bool = False) -> np.ndarray:
+    """Cosine distance of each unit-length query to its nearest unit-length bank row, one matrix product;
+    with ``scales``, each row's distance divided by its scale first (``exclude_self``: queries are the bank
+    itself, leave each one out). An empty bank gives ``inf``."""
     if not len(bank):
         return np.full(len(queries), np.inf)
     similarity = queries @ bank.T
     if exclude_self:
         np.fill_diagonal(similarity, -np.inf)
-    return 1.0 - similarity.max(axis=1)
+    if scales is None:
+        return 1.0 - similarity.max(axis=1)
+    return ((1.0 - similarity) / scales[None, :]).min(axis=1)
 
 
 def source_bank(embeddings: np.ndarray, n_centroids: int, seed: int) -> np.ndarray:
@@ -60,15 +65,8 @@ def source_bank(embeddings: np.ndarray, n_centroids: int, seed: int) -> np.ndarr
 
 
 def interpolated_points(embeddings: np.ndarray, per_point: int, rng: np.random.Generator) -> np.ndarray:
-    """``per_point * len(embeddings)`` unit-length points, each on the segment between two distinct rows
-    (SMOTE-style); none when there are fewer than two rows."""
-    n = len(embeddings)
-    if n < 2 or per_point < 1:
-        return np.zeros((0, embeddings.shape[1]), dtype=np.float32)
-    first = rng.integers(0, n, n * per_point)
-    second = (first + rng.integers(1, n, n * per_point)) % n  # another row
-    weight = rng.random((n * per_point, 1))
-    return _unit(embeddings[first] + weight * (embeddings[second] - embeddings[first]))
+    """``per_point * len(embeddings)`` unit-length points between two distinct rows (SMOTE-style)."""
+    return _unit(points_between(np.asarray(embeddings, dtype=np.float32), per_point, rng))
 
 
 def local_scales(bank: np.ndarray, clips: np.ndarray, neighbours: int) -> np.ndarray:
@@ -136,8 +134,7 @@ class DomainBanks:
             use = section if section in known else ALL_SECTIONS
             for j, domain in enumerate(DOMAINS):
                 if (use, domain) in banks:
-                    bank, scales = banks[(use, domain)]
-                    out[rows, j] = ((1.0 - embeddings[rows] @ bank.T) / scales[None, :]).min(axis=1)
+                    out[rows, j] = nearest_distance(embeddings[rows], *banks[(use, domain)])
         return out
 
     def distances(self, embeddings: np.ndarray, sections: np.ndarray) -> np.ndarray:
