@@ -5,7 +5,8 @@ detector does, from the same networks (no retraining):
     python bench/bench_knn_variants.py --run output/<run> [--variants base,mixup4,density,mixup4+density]
 
 * ``mixup<N>``: N synthetic target entries per target clip, on segments between target clips (SMOTE-style);
-* ``density``: each distance divided by the entry's local scale (mean distance to its 5 nearest clips).
+* ``density``: each distance divided by the entry's local scale (mean distance to its 5 nearest clips);
+* ``sd<N>``: the calibration's ``min_clips_for_sd`` set to N (a domain with fewer clips borrows a spread).
 
 Every network embeds each training and test clip once; the folds of the run are rebuilt from its
 configuration (the same deterministic assignment), so each variant's calibration uses distances of clips
@@ -43,17 +44,20 @@ from asd.models.knn_domain import DomainBanks  # noqa: E402
 from asd.run_folder import RunFolder  # noqa: E402
 
 
-def parse_variant(name: str) -> tuple[int, bool]:
-    """``base``, ``mixup<N>``, ``density`` or ``mixup<N>+density`` -> (target_mixup, density_scaling)."""
-    mixup, density = 0, False
+def parse_variant(name: str) -> tuple[int, bool, int | None]:
+    """``base``, ``mixup<N>``, ``density``, ``sd<N>`` or a ``+`` of them (``mixup4+density``) ->
+    (target_mixup, density_scaling, min_clips_for_sd or None for the run's own)."""
+    mixup, density, min_clips = 0, False, None
     for part in name.split("+"):
-        if part.startswith("mixup"):
+        if part.startswith("sd") and part[2:].isdigit():
+            min_clips = int(part[2:])
+        elif part.startswith("mixup"):
             mixup = int(part.removeprefix("mixup") or 4)
         elif part == "density":
             density = True
         elif part != "base":
             raise SystemExit(f"unknown variant part {part!r}")
-    return mixup, density
+    return mixup, density, min_clips
 
 
 def run_folds(config: RunConfig, machines: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -96,7 +100,7 @@ def main() -> None:
         print(f"embedded {machine.key}", flush=True)
     rows = []
     for variant in variants:
-        mixup, density = parse_variant(variant)
+        mixup, density, min_clips = parse_variant(variant)
         start, scored = time.perf_counter(), []
         for machine in machines:
             item, folds = cache[machine.machine], folds_of[machine.machine][1]
@@ -111,7 +115,7 @@ def main() -> None:
                 banks.append(bank)
                 raw_by_network.append(raw)
             calibration, out_of_fold = FoldCalibration.fit(raw_by_network, folds, sections, domains,
-                                                           item["detector"].config.min_clips_for_sd)
+                                                           min_clips or item["detector"].config.min_clips_for_sd)
             thresholds = {(r["section"], r["domain"]): r["threshold"] for r in fit_threshold_table(
                 out_of_fold, sections, domains, config.threshold_method, config.threshold_percentile)}
             for i, shard in enumerate(item["tests"]):

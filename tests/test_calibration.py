@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from asd.evaluation.thresholds import fit_threshold_table, wilson_interval
-from asd.models.calibration import ALL_SECTIONS, DomainCalibration
+from asd.models.calibration import ALL_SECTIONS, DomainCalibration, fit_size_gap
 from asd.models.fold_networks import FoldCalibration, assign_folds
 
 
@@ -53,10 +53,40 @@ def test_few_target_clips_borrow_the_source_spread_and_unknown_sections_use_the_
     assert again.stats_ == calibration.stats_ and again.table() == calibration.table()
 
 
+def test_small_sections_take_the_median_and_the_spread_pooled_over_sections() -> None:
+    """Five clips per machine ID (MIMII): one odd clip must neither set its section's spread nor drag
+    its centre; the spread comes from every section's clips around their own centre."""
+    raw_source = np.array([10.0, 11.0, 12.0, 13.0, 40.0,  # one odd clip
+                           100.0, 101.0, 102.0, 103.0, 104.0,
+                           50.0, 52.0, 54.0, 56.0, 58.0])
+    raw = np.column_stack([raw_source, np.full(15, np.inf)])
+    sections = np.repeat(["00", "02", "04"], 5)
+    calibration = DomainCalibration(min_clips_for_sd=20).fit(raw, sections, np.array(["source"] * 15))
+    centres = {s: calibration.stats_[(s, "source")][0] for s in ("00", "02", "04")}
+    assert centres == {"00": 12.0, "02": 102.0, "04": 54.0}
+    groups = [raw_source[:5], raw_source[5:10], raw_source[10:]]
+    pooled = np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / 12)
+    assert [calibration.stats_[(s, "source")][1] for s in ("00", "02", "04")] == pytest.approx([pooled] * 3)
+    # a large section keeps its own mean and spread
+    big = DomainCalibration(min_clips_for_sd=5).fit(raw, sections, np.array(["source"] * 15))
+    assert big.stats_[("00", "source")][:2] == (pytest.approx(17.2), pytest.approx(np.std(raw_source[:5], ddof=1)))
+
+
+def test_fit_size_gap_extrapolates_one_fold_by_the_inverse_size_law() -> None:
+    scores = np.array([10.0, 11.0, 12.0, 13.0, 50.0])
+    steps = np.array([1.0, 1.0, 1.0, 1.0, 40.0])  # one heavy tail
+    # five folds of 1,000 clips: from 600 to 800 clips the step is 1, from 800 to 1,000 it is (5-2)/5 of it
+    assert fit_size_gap(scores, scores + steps, 1000, 800, 600) == pytest.approx(0.6)
+    assert fit_size_gap(scores, scores - steps, 1000, 800, 600) == 0.0  # never raises a score
+    assert fit_size_gap(scores, scores + steps, 10, 9, 9) == 0.0  # cannot be measured
+    assert fit_size_gap(scores, np.full(5, np.nan), 10, 9, 8) == 0.0
+
+
 def test_folds_are_stratified_and_fold_networks_share_the_out_of_fold_scale() -> None:
     names = np.array(["a"] * 30 + ["b"] * 5)
     folds = assign_folds(names, 2, seed=0)
     assert sorted(np.bincount(folds[:30])) == [15, 15] and sorted(np.bincount(folds[30:])) == [2, 3]
+    assert sorted(assign_folds(names, 5, seed=1)[30:]) == [0, 1, 2, 3, 4]  # five clips, five folds: one each
     assert abs(np.bincount(folds)[0] - np.bincount(folds)[1]) <= 1
     # two networks whose raw scores share a clip effect (rho ~ 0.5) plus their own noise
     rng = np.random.default_rng(2)

@@ -15,8 +15,10 @@ lands near zero. Statistics from clips a model was fitted on would be biased low
 clips would then be flagged far too often.
 
 A domain with too few out-of-fold scores for a trustworthy spread (``min_clips_for_sd``, e.g. the ten
-DCASE target clips) keeps its own mean and borrows the spread of its section's largest domain; a section
-never seen in training uses the figures pooled over all sections (``"*"``).
+DCASE target clips) keeps its own mean and borrows the spread of its section's largest domain. Where every
+domain of a section is that small (MIMII: five clips per machine ID), one odd clip would set the spread and
+drag the mean: such a section takes its median and the spread of all sections' scores around their own
+centres, pooled. A section never seen in training uses the figures pooled over all sections (``"*"``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,33 @@ def domain_column(domains: np.ndarray) -> np.ndarray:
     return (np.asarray(domains).astype(str) == "target").astype(np.int64)
 
 
+def fit_size_gap(scores: np.ndarray, scores_smaller: np.ndarray, n_full: float, n_refit: float,
+                 n_smaller: float) -> float:
+    """How much higher a group's held-out clips score than unseen clips will under the final model.
+
+    Out-of-fold scores come from a model (or reference bank) built on ``n_refit`` of the group's ``n_full``
+    clips, so they sit a little above a test clip's under the model built on all of them; on a five-clip
+    section that gap is most of a standard deviation. ``scores_smaller`` are the same clips scored by
+    models built on ``n_smaller`` clips (one more fold left out). If an estimate's excess error falls as
+    1/size, the gap is the median step from ``n_smaller`` to ``n_refit`` (the median: log-likelihoods of
+    models fitted on a few clips have heavy tails) times ``(1/n_refit - 1/n_full) / (1/n_smaller -
+    1/n_refit)`` ((k-2)/k for k folds). Never negative; zero where it cannot be measured."""
+    steps = np.asarray(scores_smaller, dtype=np.float64) - np.asarray(scores, dtype=np.float64)
+    steps = steps[np.isfinite(steps)]
+    if not len(steps) or not 0 < n_smaller < n_refit < n_full:
+        return 0.0
+    ratio = (1 / n_refit - 1 / n_full) / (1 / n_smaller - 1 / n_refit)
+    return max(float(np.median(steps)) * ratio, 0.0)
+
+
+def _pooled_sd(groups: list[np.ndarray]) -> float:
+    """Standard deviation of scores around their own group's mean, pooled over groups (1.0 if none)."""
+    dof = sum(len(v) - 1 for v in groups)
+    if dof < 1:
+        return 1.0
+    return float(np.sqrt(sum(((v - v.mean()) ** 2).sum() for v in groups) / dof))
+
+
 @dataclass
 class DomainCalibration:
     """Fitted state: ``stats_`` maps ``(section, domain)`` to ``(mean, sd, n)`` of out-of-fold raw scores."""
@@ -48,19 +77,31 @@ class DomainCalibration:
         raw_oof = np.asarray(raw_oof, dtype=np.float64)
         sections = np.asarray(sections).astype(str)
         own = raw_oof[np.arange(len(raw_oof)), domain_column(domains)]
+        groups = {(section, domain): own[(sections == section) & (domain_column(domains) == j)]
+                  for section in sorted(set(sections.tolist())) for j, domain in enumerate(DOMAINS)}
+        groups = {key: v[np.isfinite(v)] for key, v in groups.items()}
+        pooled_sd = _pooled_sd([v for v in groups.values() if len(v) >= 2])
         self.stats_ = {}
         keys = [*sorted(set(sections.tolist())), ALL_SECTIONS] if len(raw_oof) else []
         for section in keys:
-            in_section = np.ones(len(own), bool) if section == ALL_SECTIONS else sections == section
-            values = {d: own[in_section & (domain_column(domains) == j)] for j, d in enumerate(DOMAINS)}
-            values = {d: v[np.isfinite(v)] for d, v in values.items()}
+            if section == ALL_SECTIONS:
+                values = {d: np.concatenate([v for (_, dd), v in groups.items() if dd == d]) for d in DOMAINS}
+            else:
+                values = {d: groups[(section, d)] for d in DOMAINS}
             richest = max(values.values(), key=len)
             for domain, v in values.items():
                 if not len(v):
                     continue
-                spread_from = v if len(v) >= self.min_clips_for_sd or len(richest) < 2 else richest
-                sd = float(np.std(spread_from, ddof=1)) if len(spread_from) >= 2 else 1.0
-                self.stats_[(section, domain)] = (float(np.mean(v)), max(sd, 1e-9), int(len(v)))
+                centre = float(np.mean(v))
+                if len(v) >= self.min_clips_for_sd:
+                    sd = float(np.std(v, ddof=1))
+                elif len(richest) >= self.min_clips_for_sd:
+                    sd = float(np.std(richest, ddof=1))  # e.g. ten target clips borrow the source spread
+                else:
+                    # Every domain of the section is small (a few clips per machine ID): one odd clip would
+                    # set its spread and drag its mean, so take the median and the spread pooled over sections.
+                    centre, sd = float(np.median(v)), pooled_sd
+                self.stats_[(section, domain)] = (centre, max(sd, 1e-9), int(len(v)))
         return self
 
     def transform(self, raw: np.ndarray, sections: np.ndarray) -> np.ndarray:

@@ -7,13 +7,16 @@ No neural network; a DCASE-size machine type trains and scores in seconds on a C
 2. Models: per ``r``, section and training domain, a diagonal Gaussian mixture of the normal training
    clips; its number of components is chosen by BIC (from 1, 2, 4, ... up to ``max_components``, at most
    one component per ``min_clips_per_component`` clips), so a source domain that mixes several operating
-   conditions gets several components while the ten target clips get one.
+   conditions gets several components while the ten target clips get one. Every mixture's variances are
+   shrunk towards the machine type's within-group variance (all sections and domains, each around its own
+   mean), so ten target clips, or five clips of one machine ID, do not estimate 128 variances alone.
 3. Calibration (:mod:`asd.models.calibration`): per ``r``, a clip's raw scores are its negative
    log-likelihoods under its section's source and target mixtures. Each domain's are standardised with the
    out-of-fold figures of that domain's own normal clips: source clips scored by mixtures refitted without
-   their fold (k-fold by clip), target clips by a target mixture refitted without them (leave-one-out;
-   there are ten). The smallest z over the domains is the ``r``'s calibrated score, so a normal clip of
-   either domain lands near zero whatever its domain (which DCASE evaluation names hide).
+   their fold (k folds, stratified by section and domain), target clips by a target mixture refitted
+   without them (leave-one-out; there are ten), both lowered by the measured cost of refitting on fewer
+   clips (``fit_size_correction``). The smallest z over the domains is the ``r``'s calibrated score, so a
+   normal clip of either domain lands near zero whatever its domain (which DCASE evaluation names hide).
 4. Combining the poolings without choosing one with test labels: each ``r``'s calibrated score becomes a
    surprise ``-log P(Z > z)`` under a standard normal (positive, so the DCASE gamma threshold applies), and
    the clip's score is the largest surprise over ``r``: a clip is as anomalous as its most anomalous view.
@@ -37,7 +40,8 @@ from asd.cache.shard import Shard
 from asd.dataset.layout import DOMAINS
 from asd.models.augment import points_between
 from asd.models.base import Detector, FitConfig
-from asd.models.calibration import DomainCalibration, domain_column
+from asd.models.calibration import DomainCalibration, domain_column, fit_size_gap
+from asd.models.fold_networks import assign_folds
 from asd.models.pooling import pooled_features
 
 
@@ -49,8 +53,8 @@ class GmmDetectorConfig:
     max_components: int = 8
     min_clips_per_component: int = 4
     reg_covar: float = 1e-3  # added to every variance (dB² units)
-    # Each component's variances are shrunk towards the section's pooled per-band variance as if this many
-    # extra clips had shown it: a 3-clip target domain cannot estimate 128 variances on its own.
+    # Each component's variances are shrunk towards the machine type's within-group per-band variance as if
+    # this many extra clips had shown it: a 3-clip target domain cannot estimate 128 variances on its own.
     prior_clips: float = 4.0
     folds: int = 5  # out-of-fold scoring of the source clips, for the calibration (target: leave-one-out)
     min_clips_for_sd: int = 20  # a domain with fewer out-of-fold scores borrows its section's largest spread
@@ -58,6 +62,9 @@ class GmmDetectorConfig:
     # target mixture is fitted: the ten DCASE target clips then cover the space between them (measured by
     # bench_quality.py --variant; off by default).
     target_mixup: int = 0
+    # Lower the out-of-fold scores by the gap between a refit's size and the full fit's, measured with one
+    # more fold left out (see out_of_fold_nll): needed where a section has a handful of clips.
+    fit_size_correction: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "poolings", tuple(float(r) for r in self.poolings))
@@ -122,17 +129,32 @@ class DiagonalGmm:
         return cls(state["weights"].numpy(), state["means"].numpy(), state["variances"].numpy())
 
 
+def pooled_group_variance(features: np.ndarray, sections: np.ndarray, domains: np.ndarray,
+                          reg_covar: float) -> np.ndarray:
+    """Per-band variance ``[d]`` of ``features [n, d]`` around each section x domain group's own mean,
+    pooled over the groups (degrees of freedom: clips minus groups): what the machine type's normal clips
+    vary by within one operating condition, estimated from all of them at once."""
+    groups = np.char.add(np.asarray(sections).astype(str), "/" + np.asarray(domains).astype(str))
+    residuals = features.astype(np.float64).copy()
+    for group in np.unique(groups):
+        rows = groups == group
+        residuals[rows] -= residuals[rows].mean(axis=0)
+    dof = max(len(features) - len(np.unique(groups)), 1)
+    return (residuals ** 2).sum(axis=0) / dof + reg_covar
+
+
 def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray, cfg: GmmDetectorConfig,
                 seed: int, components: dict[tuple[str, str], int] | None = None, prior: np.ndarray | None = None
                 ) -> dict[tuple[str, str], DiagonalGmm]:
     """One mixture per section x domain of ``features [n, d]`` (groups with fewer than 2 clips skipped).
     ``components`` fixes a group's number of components (the out-of-fold refits reuse the full fit's
-    choice instead of searching again); ``prior`` replaces the section's pooled per-band variance that the
-    variances are shrunk towards (a refit of one domain alone keeps the full fit's prior)."""
+    choice instead of searching again); ``prior`` replaces the variance every group's variances are shrunk
+    towards (by default the within-group variance pooled over all the given clips; a refit of one domain
+    alone passes the full set's)."""
+    if prior is None:
+        prior = pooled_group_variance(features, sections, domains, cfg.reg_covar)
     models = {}
-    given_prior = prior
     for section in np.unique(sections):
-        prior = features[sections == section].var(axis=0) + cfg.reg_covar if given_prior is None else given_prior
         for domain in np.unique(domains[sections == section]):
             chosen = (sections == section) & (domains == domain)
             key = (str(section), str(domain))
@@ -169,23 +191,52 @@ def out_of_fold_nll(features: np.ndarray, sections: np.ndarray, domains: np.ndar
                     seed: int, components: dict[tuple[str, str], int]) -> np.ndarray:
     """Each clip's negative log-likelihood under its own domain's mixture fitted *without it*: source clips
     by k-fold refits (``cfg.folds``), target clips leave-one-out (their mixture refitted on the section's
-    other target clips; the source mixtures never saw them). NaN where nothing is left to fit on."""
+    other target clips; the source mixtures never saw them). NaN where nothing is left to fit on.
+
+    A refit has fewer clips than the final mixture, so a held-out clip is scored by a slightly worse model
+    than a test clip will be; on a five-clip section that gap is most of a standard deviation. With
+    ``cfg.fit_size_correction`` each group's scores are lowered by the gap expected from one more fold
+    left out (the refits are repeated without a second fold, or a second target clip), scaled to the
+    full fit's size by the 1/size law of an estimate's excess error: see
+    :func:`~asd.models.calibration.fit_size_gap`."""
     out = np.full(len(features), np.nan)
+    smaller = np.full(len(features), np.nan)  # the same clips scored by refits that also lack one more fold
     source = domains == "source"
-    folds = np.random.default_rng(seed).permutation(len(features)) % cfg.folds
+    groups = np.char.add(sections.astype(str), "/" + domains.astype(str))
+    folds = assign_folds(groups, cfg.folds, seed)  # a five-clip section loses one clip per fold
     for fold in range(cfg.folds):
         held = source & (folds == fold)
         if not held.any():
             continue
         models = _fit_groups(features[~held], sections[~held], domains[~held], cfg, seed, components)
         out[held] = domain_nll(models, features[held], sections[held])[:, 0]
-    for clip in np.flatnonzero(~source):
-        rest = (sections == sections[clip]) & ~source
-        rest[clip] = False
-        if rest.sum() >= 2:
-            models = _fit_groups(features[rest], sections[rest], domains[rest], cfg, seed, components,
-                                 prior=features[sections == sections[clip]].var(axis=0) + cfg.reg_covar)
-            out[clip] = domain_nll(models, features[clip:clip + 1], sections[clip:clip + 1])[0, 1]
+        if cfg.fit_size_correction:
+            fewer = ~(held | (source & (folds == (fold + 1) % cfg.folds)))
+            models = _fit_groups(features[fewer], sections[fewer], domains[fewer], cfg, seed, components)
+            smaller[held] = domain_nll(models, features[held], sections[held])[:, 0]
+
+    def target_nll(clip: int, fit_on: np.ndarray, prior: np.ndarray) -> float:
+        """The clip's NLL under a target mixture of the ``fit_on`` clips (NaN with fewer than two)."""
+        if len(fit_on) < 2:
+            return np.nan
+        models = _fit_groups(features[fit_on], sections[fit_on], domains[fit_on], cfg, seed, components, prior)
+        return float(domain_nll(models, features[clip:clip + 1], sections[clip:clip + 1])[0, 1])
+
+    for section in np.unique(sections[~source]):
+        members = np.flatnonzero((sections == section) & ~source)
+        for position, clip in enumerate(members):
+            others = np.arange(len(features)) != clip
+            prior = pooled_group_variance(features[others], sections[others], domains[others], cfg.reg_covar)
+            out[clip] = target_nll(clip, members[members != clip], prior)
+            if cfg.fit_size_correction:
+                next_clip = members[(position + 1) % len(members)]
+                smaller[clip] = target_nll(clip, members[(members != clip) & (members != next_clip)], prior)
+    if cfg.fit_size_correction:
+        for group in np.unique(groups):
+            rows = groups == group
+            n = rows.sum()
+            held = n / min(cfg.folds, n) if source[rows][0] else 1.0  # per fold; leave-one-out for target
+            out[rows] -= fit_size_gap(out[rows], smaller[rows], n, n - held, n - 2 * held)
     return out
 
 

@@ -32,6 +32,7 @@ import torch
 
 from asd.models.augment import points_between
 from asd.models.calibration import ALL_SECTIONS, DOMAINS
+from asd.models.fold_networks import assign_folds
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -148,15 +149,17 @@ class DomainBanks:
     def held_out(self, embeddings: np.ndarray, sections: np.ndarray, domains: np.ndarray,
                  held: np.ndarray, chunks: int = 10) -> np.ndarray:
         """Raw scores ``[held.sum(), 2]`` of the ``held`` training clips against banks that never held
-        them, as a test clip's are. The held clips are dealt into up to ``chunks`` chunks and each chunk is
-        scored against banks built from every other training clip: the banks then miss a tenth of the held
-        clips at most (one clip where there are few), so they are almost as full as the test clips' banks.
-        (Banks without every held clip at once would be half as full with two fold networks, and on a
-        section of five clips that alone made unseen test clips look far more normal than the held ones.)"""
+        them, as a test clip's are. The held clips are dealt into up to ``chunks`` chunks, stratified by
+        section and domain, and each chunk is scored against banks built from every other training clip:
+        a bank then misses a tenth of its held clips at most (one of a section's ten target clips), so it is
+        almost as full as the test clips' banks. (Banks without every held clip at once would be half as
+        full with two fold networks, and on a section of five clips that alone made unseen test clips look
+        far more normal than the held ones.)"""
         embeddings, sections = _unit(embeddings), np.asarray(sections).astype(str)
         domains, rows = _source_or_target(domains), np.flatnonzero(np.asarray(held, bool))
+        groups = np.char.add(sections, "/" + domains)
+        chunk_of = assign_folds(groups[rows], max(1, min(chunks, len(rows))), self.seed)
         out = np.empty((len(rows), len(DOMAINS)))
-        chunk_of = np.random.default_rng(self.seed).permutation(len(rows)) % max(1, min(chunks, len(rows)))
         for chunk in np.unique(chunk_of):
             mine = rows[chunk_of == chunk]
             keep = np.ones(len(embeddings), bool)
