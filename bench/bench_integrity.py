@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -20,14 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "source"))  # run from a checkout
 
-
-def best(function, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def main() -> None:
@@ -58,15 +50,15 @@ def main() -> None:
     verified()  # warm the page cache and the checksum column
     plain_s, checked_s = [], []
     for _ in range(args.repeat):
-        plain_s.append(best(unverified, 1))
-        checked_s.append(best(verified, 1))
+        plain_s.append(best_of(unverified, 1))
+        checked_s.append(best_of(verified, 1))
     plain, checked = min(plain_s), min(checked_s)
     print(f"{args.shard}: {n} segments, logmel {mb:.0f} MB")
     print(f"  training read of every logmel row, {args.block} at a time: unverified {plain:.3f} s "
           f"({mb / plain:.0f} MB/s), verified {checked:.3f} s ({mb / checked:.0f} MB/s): "
           f"+{100 * (checked / plain - 1):.1f} %")
-    fast = best(lambda: verify_shard(args.shard, full=False), args.repeat)
-    full = best(lambda: verify_shard(args.shard, full=True), args.repeat)
+    fast = best_of(lambda: verify_shard(args.shard, full=False), args.repeat)
+    full = best_of(lambda: verify_shard(args.shard, full=True), args.repeat)
     size = args.shard.stat().st_size / 1e6
     print(f"  data_prep's check of an existing shard: header + tables {1000 * fast:.0f} ms; every row "
           f"{full:.3f} s ({size / full:.0f} MB/s of {size:.0f} MB); stamp matches: {stamp_matches(args.shard)}")
@@ -82,13 +74,14 @@ def main() -> None:
                 with h5py.File(path, "w") as file:
                     file.create_dataset("logmel", data=data, chunks=chunks, **options)
 
-            write_s = best(write, args.repeat)
+            write_s = best_of(write, args.repeat)
             with h5py.File(path, "r") as file:
                 dataset = file["logmel"]
-                read_s = best(lambda dataset=dataset: [dataset[s:s + args.block] for s in range(0, n, args.block)],
-                              args.repeat)
+                read_s = best_of(lambda dataset=dataset: [dataset[s:s + args.block] for s in range(0, n, args.block)],
+                                 args.repeat)
                 scattered = np.sort(np.random.default_rng(0).choice(n, size=min(n, 2000), replace=False))
-                scatter_s = best(lambda dataset=dataset, rows=scattered: [dataset[int(r)] for r in rows], args.repeat)
+                scatter_s = best_of(lambda dataset=dataset, rows=scattered: [dataset[int(r)] for r in rows],
+                                    args.repeat)
             print(f"  h5py {name:<10}: write {write_s:.3f} s, sequential read {read_s:.3f} s, "
                   f"{len(scattered)} scattered rows {scatter_s:.3f} s")
 

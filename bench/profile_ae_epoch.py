@@ -25,15 +25,7 @@ from asd.cache.reading import load_frames, segment_rows_of, split_train_validati
 from asd.cache.shard import Shard  # noqa: E402
 from asd.models.autoencoder_net import DcaseAutoencoder, frames_to_vectors, strided_vectors  # noqa: E402
 from asd.models.training import Adam  # noqa: E402
-
-
-def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def main() -> None:
