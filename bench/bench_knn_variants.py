@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--variants", default="base,mixup4,density,mixup4+density")
     args = parser.parse_args()
     folder = RunFolder(args.run)
-    config = _run_config(folder)
+    config = run_config_of(folder)
     machines = [m for m in discover(config.processed_dir, list(config.machines) or None) if m.tests and m.train]
     folds_of = run_folds(config, machines)
     variants = [v for v in args.variants.split(",") if v]
@@ -146,7 +146,7 @@ def main() -> None:
           + pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format))
 
 
-def _run_config(folder: RunFolder) -> RunConfig:
+def run_config_of(folder: RunFolder) -> RunConfig:
     """The run's configuration: from config.json, else (bench_quality's runs) from a model.pt."""
     if folder.config_json.is_file():
         return RunConfig.from_dict(folder.run_record())

@@ -188,8 +188,14 @@ def _finished_run(synth_set: dict[str, Path], name: str, *options: str) -> tuple
 
 @pytest.fixture(scope="session")
 def gmm_run(synth_set: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
-    """`python source/main.py run` with the default model on the session's dataset: its folder and output."""
-    return _finished_run(synth_set, "gmm")
+    """`python source/main.py run --model gmm` on the session's dataset: its folder and output."""
+    return _finished_run(synth_set, "gmm", "--model", "gmm")
+
+
+@pytest.fixture(scope="session")
+def default_run(synth_set: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python source/main.py run` with the default model (`auto`; `gmm` alone on this small set)."""
+    return _finished_run(synth_set, "default")
 
 
 @pytest.fixture(scope="session")

@@ -91,8 +91,8 @@ def test_bad_input_gives_the_same_one_line_error_with_and_without_a_scheduler(tm
     assert len(alone.stderr.strip().splitlines()) == 1 and "Traceback" not in dask.stderr
 
 
-def test_a_scheduler_run_writes_the_same_run_folder_as_a_local_run(synth_set, gmm_run, cluster, tmp_path):
-    local = gmm_run[0]
+def test_a_scheduler_run_writes_the_same_run_folder_as_a_local_run(synth_set, default_run, cluster, tmp_path):
+    local = default_run[0]
     dist = tmp_path / "dist"
     result = CliRunner().invoke(main, ["run", "--processed-dir", str(synth_set["processed"]), "--output-dir",
                                        str(dist), "--scheduler", cluster])
@@ -105,7 +105,7 @@ def test_a_scheduler_run_writes_the_same_run_folder_as_a_local_run(synth_set, gm
         assert (dist / name).read_bytes() == (local / name).read_bytes(), name
 
 
-def test_a_failed_task_leaves_the_others_and_a_rerun_finishes_only_what_is_missing(synth_set, gmm_run, cluster,
+def test_a_failed_task_leaves_the_others_and_a_rerun_finishes_only_what_is_missing(synth_set, default_run, cluster,
                                                                                    tmp_path):
     broken = tmp_path / "broken" / "synth"
     shutil.copytree(synth_set["processed"], broken)
@@ -127,9 +127,9 @@ def test_a_failed_task_leaves_the_others_and_a_rerun_finishes_only_what_is_missi
 
     seed0 = dist / "seed_0"
     for name in ("predictions.csv", "thresholds.csv", "synth/official_score.csv"):
-        assert (seed0 / name).read_bytes() == (gmm_run[0] / name).read_bytes(), name
+        assert (seed0 / name).read_bytes() == (default_run[0] / name).read_bytes(), name
     other_seed = pd.read_csv(dist / "seed_1" / "predictions.csv")
-    assert not np.array_equal(other_seed["score"], pd.read_csv(gmm_run[0] / "predictions.csv")["score"])
+    assert not np.array_equal(other_seed["score"], pd.read_csv(default_run[0] / "predictions.csv")["score"])
 
 
 def test_model_options_and_the_shared_network_under_a_scheduler(synth_set, cluster, tmp_path):

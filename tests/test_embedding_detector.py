@@ -185,3 +185,44 @@ def test_one_network_refuses_machine_types_with_different_features(processed: di
              (("fan", "default"), ("fan64", "mel64"))]
     with pytest.raises(BadState, match="different features"):
         EmbeddingDetector(FAST).fit_shared(parts, TRAIN, log=lambda line: None)
+
+
+def test_an_ensemble_adds_embed_only_from_its_clip_count_and_learns_it_once(processed: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    """`auto`'s rule: below `later_members_min_clips` a machine type gets the first member alone, with that
+    member's own scores; from it on, `embed` joins with networks learned once for the whole dataset."""
+    from asd.cache.store import discover
+    from asd.engine.config import RunConfig
+    from asd.engine.train import fit_machine, fit_shared, shared_groups
+    from asd.run_folder import RunFolder
+
+    machines = discover(processed["default"].parent)
+    dataset, fan = machines[0].dataset, machines[0]
+    n_fan = int((Shard(fan.train).clips["label"] != "anomaly").sum())
+    train = FitConfig(epochs=1, seed=3, device="cpu")
+
+    def config(min_clips: int) -> RunConfig:
+        return RunConfig(model="ensemble", fit=train, model_options={
+            "members": ["gmm", "embed"], "later_members_min_clips": min_clips})
+
+    small = config(n_fan + 1)
+    assert shared_groups(machines, small) == {}  # no machine type has the clips: nothing learned per dataset
+    alone, rows = fit_machine(fan, small, log=lambda line: None)
+    gmm, gmm_rows = fit_machine(fan, RunConfig(model="gmm", fit=train), log=lambda line: None)
+    assert [m.name for m in alone.members_] == ["gmm"]
+    pd.testing.assert_frame_equal(alone.decision_scores_, gmm.decision_scores_)
+    assert [{**row, "model": "gmm"} for row in rows] == gmm_rows  # the same thresholds
+    test = Shard(fan.tests[0])
+    pd.testing.assert_series_equal(alone.score_clips(test, device="cpu"), gmm.score_clips(test, device="cpu"))
+
+    large = config(n_fan)
+    assert [m.machine for m in shared_groups(machines, large)[dataset]] == ["fan", "valve"]
+    shared = fit_shared(dataset, machines, large, RunFolder(tmp_path))
+    assert list(shared) == ["embed"]
+    lines: list[str] = []
+    both, _ = fit_machine(fan, large, log=lines.append, shared=shared)
+    assert [m.name for m in both.members_] == ["gmm", "embed"]
+    assert both.members_[1].networks_ is shared["embed"].networks
+    assert any("trained for the whole dataset" in line for line in lines)
+    labels = (test.clips["label"] == "anomaly").to_numpy()
+    assert roc_auc_score(labels, both.score_clips(test, device="cpu").reindex(test.clips.index)) > 0.7

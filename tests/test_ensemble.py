@@ -30,6 +30,13 @@ def test_config_is_validated() -> None:
         EnsembleDetectorConfig(members=("gmm", "nope"))
     with pytest.raises(ValueError, match="members"):
         EnsembleDetectorConfig(members=("ensemble",))
+    with pytest.raises(ValueError, match="members"):
+        EnsembleDetectorConfig(members=("gmm", "auto"))
+    with pytest.raises(ValueError, match="later_members_min_clips"):
+        EnsembleDetectorConfig(later_members_min_clips=-1)
+    assert EnsembleDetectorConfig(members=("gmm", "embed"), later_members_min_clips=500).members_for(499) == ("gmm",)
+    assert EnsembleDetectorConfig(members=("gmm", "embed"), later_members_min_clips=500).members_for(500) == \
+        ("gmm", "embed")
     with pytest.raises(ValueError, match="combine"):
         EnsembleDetectorConfig(combine="median")
 

@@ -45,9 +45,24 @@ def test_run_writes_every_output(gmm_run, ae_run) -> None:
     assert not (gmm_run[0] / "synth" / "fan" / "loss.png").exists()  # gmm trains no network: no loss curve
 
 
-def test_default_model_beats_chance(gmm_run) -> None:
-    table = pd.read_csv(gmm_run[0] / "synth" / "summary.csv")
+def test_default_model_beats_chance(default_run) -> None:
+    table = pd.read_csv(default_run[0] / "synth" / "summary.csv")
     assert table["AUC (source)"].mean() > 0.7 and table["pAUC"].mean() > 0.55
+
+
+def test_the_default_is_gmm_alone_on_a_small_set(default_run, gmm_run) -> None:
+    """`auto` adds `embed` only from 500 training clips per machine type: on this set it is `gmm`, to the
+    digit, and nothing is learned for the whole dataset."""
+    config = json.loads((default_run[0] / "config.json").read_text())["run"]
+    assert config["model"] == "auto"
+    ours, theirs = (pd.read_csv(run[0] / "predictions.csv") for run in (default_run, gmm_run))
+    pd.testing.assert_frame_equal(ours, theirs)
+    from asd.models.checkpoint import load_detector
+
+    detector = load_detector(default_run[0] / "synth" / "fan" / "model.pt")
+    assert [m.name for m in detector.members_] == ["gmm"]
+    assert not list(default_run[0].rglob("shared_train.log"))
+    assert "embed joins from 500; gmm alone" in (default_run[0] / "synth" / "fan" / "train.log").read_text()
 
 
 def test_submission_files_reproduce_result_csv(gmm_run) -> None:
@@ -112,15 +127,15 @@ def torch_load_run_config(path) -> dict:
     return read_checkpoint(path)["run_config"]
 
 
-def test_same_seed_same_scores(synth_set, gmm_run, tmp_path) -> None:
+def test_same_seed_same_scores(synth_set, default_run, tmp_path) -> None:
     result = CliRunner().invoke(main, ["run", "--processed-dir", str(synth_set["processed"]), "--output-dir",
                                        str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "predictions.csv"),
-                                  pd.read_csv(gmm_run[0] / "predictions.csv"))
+                                  pd.read_csv(default_run[0] / "predictions.csv"))
 
 
-def test_seeds_give_a_run_each_and_the_mean_and_sd(synth_set, gmm_run, tmp_path) -> None:
+def test_seeds_give_a_run_each_and_the_mean_and_sd(synth_set, default_run, tmp_path) -> None:
     result = CliRunner().invoke(main, ["--processed-dir", str(synth_set["processed"]), "--output-dir",
                                        str(tmp_path / "seeds"), "--seeds", "0,1", "--machines", "fan"])
     assert result.exit_code == 0, result.output
@@ -134,7 +149,7 @@ def test_seeds_give_a_run_each_and_the_mean_and_sd(synth_set, gmm_run, tmp_path)
         assert yaml.safe_load((folder / "config.yaml").read_text())["seed"] == seed
         assert (folder / "report.html").is_file()
     # seed 0 is the reference run's seed: the same scores for its machine type
-    reference = pd.read_csv(gmm_run[0] / "predictions.csv")
+    reference = pd.read_csv(default_run[0] / "predictions.csv")
     seed0 = pd.read_csv(tmp_path / "seeds" / "seed_0" / "predictions.csv")
     np.testing.assert_array_equal(seed0["score"], reference[reference["machine"] == "fan"]["score"])
 

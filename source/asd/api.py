@@ -4,7 +4,7 @@
 
     cache = asd.open_cache("data/processed/synth")    # what data_prep wrote
     fan = cache.machine("fan")                         # one machine type's shards
-    detector = asd.fit(fan, model="gmm", seed=0)       # fitted on its normal clips, thresholds too
+    detector = asd.fit(fan, seed=0)                    # the default model, fitted on its normal clips
     table = asd.score(detector, fan)                   # every test clip: score, threshold, decision
     files, skipped = asd.score_files(detector, ["some/recording.wav"])
     run = asd.load_run("output/<run>")                 # a finished run: its configuration, tables, models
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from asd.cache.store import MachineData, discover
 from asd.errors import BadInput
+from asd.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,7 @@ def open_cache(processed_dir: str | Path = "data/processed") -> Cache:
     return Cache(Path(processed_dir))
 
 
-def fit(machine: MachineData, model: str = "gmm", model_options: dict[str, Any] | None = None,
+def fit(machine: MachineData, model: str = DEFAULT_MODEL, model_options: dict[str, Any] | None = None,
         **settings: Any) -> Detector:
     """A detector of `model` fitted on the machine type's normal training clips, its thresholds fitted on
     their out-of-fold scores, exactly as `asd train` does. `model_options` set fields of the model's config;

@@ -133,8 +133,8 @@ def _model_options(model: str, options: dict[str, Any]) -> dict[str, Any]:
     """Model config overrides from `--members` (ensemble only) and `--model-option`, checked against the
     model's config before any work."""
     members = tuple(options.get("members") or ())
-    if members and model != "ensemble":
-        raise BadInput(f"--members applies to --model ensemble, not --model {model}")
+    if members and "members" not in {f.name for f in dataclasses.fields(model_class(model).config_class)}:
+        raise BadInput(f"--members applies to --model ensemble or auto, not --model {model}")
     overrides: dict[str, Any] = {"members": members} if members else {}
     if options.get("model_option"):
         fields = {f.name: f for f in dataclasses.fields(model_class(model).config_class)}

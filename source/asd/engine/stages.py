@@ -139,7 +139,7 @@ def discover_checked(config: RunConfig) -> list[MachineData]:
         from asd.engine.train import auxiliary_machines
 
         auxiliary_machines(config)  # every --aux-processed-dir holds training shards
-        if getattr(config.make_detector().config, "scope", None) != "dataset":
+        if not config.make_detector().learns_per_dataset():
             click.echo(f"warning: --aux-processed-dir is used by the learned models with scope=dataset "
                        f"(embed, twobranch); {config.model} ignores it", err=True)
     return machines

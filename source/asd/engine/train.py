@@ -82,14 +82,25 @@ def shared_groups(machines: list[MachineData], config: RunConfig) -> dict[str, l
     model that learns per machine type). A dataset with one machine type trains it in `fit`, which is the
     same thing."""
     detector = config.make_detector()
-    if not hasattr(detector, "fit_shared") or getattr(detector.config, "scope", "machine") != "dataset":
+    if not detector.learns_per_dataset():
         return {}
     groups: dict[str, list[MachineData]] = {}
     for machine in machines:
         if machine.train is not None:
             groups.setdefault(machine.dataset, []).append(machine)
     smallest = 1 if config.aux_processed_dirs else 2  # auxiliary classes make one machine type a group too
-    return {dataset: group for dataset, group in sorted(groups.items()) if len(group) >= smallest}
+    return {dataset: group for dataset, group in sorted(groups.items())
+            if len(group) >= smallest and detector.learns_per_dataset(_largest_training_set(group, config))}
+
+
+def _largest_training_set(group: list[MachineData], config: RunConfig) -> int:
+    """The most training clips any machine type of `group` has (what `fit_shared` would give it)."""
+    largest = 0
+    for machine in group:
+        shard = Shard(machine.train)
+        largest = max(largest, len(normal_split(shard, config)[0]))
+        shard.close()
+    return largest
 
 
 def auxiliary_machines(config: RunConfig) -> list[MachineData]:

@@ -164,6 +164,12 @@ class Detector(ABC):
             "domain": table["domain"].to_numpy().astype(str), "score": np.asarray(scores, dtype=np.float64)})
         return self
 
+    def learns_per_dataset(self, largest_training_set: int | None = None) -> bool:
+        """True when the model learns once from every machine type of a dataset (``fit_shared``) before
+        each machine type is fitted; its ``shared_`` then holds what was learned. A model may decide by
+        the size of the dataset's largest training set (normal clips of one machine type)."""
+        return hasattr(self, "fit_shared") and getattr(self.config, "scope", "machine") == "dataset"
+
     def applicable_fit_settings(self) -> tuple[str, ...]:
         """The `FitConfig` fields that change what this model learns (a run page lists only these)."""
         fields = tuple(FitConfig.__dataclass_fields__)

@@ -7,6 +7,11 @@ are standardised once more with the mean and sd of its own out-of-fold scores, a
 are averaged (or their maximum taken). The ensemble's out-of-fold scores are the same combination of the
 members' out-of-fold scores, so thresholds fitted on them hold for test clips.
 
+With ``later_members_min_clips``, the members after the first join only machine types with that many
+normal training clips; a smaller machine type is scored by the first member alone, with its own scores
+(so its thresholds and decisions are that member's). Members that learn once per dataset (``embed``,
+``twobranch``) do so through the ensemble's ``fit_shared``.
+
 Fitted state: ``members_`` (fitted detectors) and ``scales_`` (per member: mean, sd of its out-of-fold scores).
 """
 
@@ -30,17 +35,28 @@ class EnsembleDetectorConfig:
 
     members: tuple[str, ...] = ("gmm", "ae-maha")
     combine: str = "mean"
+    # Members after the first join a machine type only from this many normal training clips (0: always).
+    # `auto` (asd.models.registry) adds `embed` to `gmm` at DCASE size, where it helps, and not on small
+    # sets, where it hurts (docs/quality.md, "Size-aware default").
+    later_members_min_clips: int = 0
 
     def __post_init__(self) -> None:
         from asd.models.registry import MODELS
 
         object.__setattr__(self, "members", tuple(str(m) for m in self.members))
-        unknown = [m for m in self.members if m not in MODELS or m == "ensemble"]
+        ensembles = {name for name, (_, cls, _) in MODELS.items() if cls == "EnsembleDetector"}
+        unknown = [m for m in self.members if m not in MODELS or m in ensembles]
         if not self.members or unknown:
-            raise ValueError(f"ensemble members must be model names other than 'ensemble' "
-                             f"({sorted(set(MODELS) - {'ensemble'})}); got {list(self.members)}")
+            raise ValueError(f"ensemble members must be model names other than {sorted(ensembles)} "
+                             f"({sorted(set(MODELS) - ensembles)}); got {list(self.members)}")
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, not {self.combine!r}")
+        if self.later_members_min_clips < 0:
+            raise ValueError(f"later_members_min_clips must be >= 0, got {self.later_members_min_clips}")
+
+    def members_for(self, n_clips: int) -> tuple[str, ...]:
+        """The members that fit a machine type with ``n_clips`` normal training clips."""
+        return self.members if n_clips >= self.later_members_min_clips else self.members[:1]
 
 
 def out_of_fold_scale(scores: np.ndarray) -> tuple[float, float]:
@@ -62,6 +78,28 @@ class EnsembleDetector(Detector):
         super().__init__(config)
         self.members_: list[Detector] = []
         self.scales_: list[tuple[float, float]] = []
+        self.shared_: dict[str, Any] | None = None  # per member name: what it learned for the whole dataset
+
+    def learns_per_dataset(self, largest_training_set: int | None = None) -> bool:
+        from asd.models.registry import make_detector
+
+        names = self.config.members if largest_training_set is None else \
+            self.config.members_for(largest_training_set)
+        return any(make_detector(name).learns_per_dataset() for name in names)
+
+    def fit_shared(self, parts: list, fit_config: FitConfig, log=print, aux_parts: list = ()) -> dict[str, Any]:
+        """Each member that learns per dataset does so once (see `Detector.learns_per_dataset`); a later
+        member only when some machine type of the dataset has the clips to use it."""
+        from asd.models.registry import make_detector
+
+        largest = max((len(clips) for _, _, clips in parts), default=0)
+        shared = {}
+        for name in self.config.members_for(largest):
+            member = make_detector(name)
+            if member.learns_per_dataset():
+                log(f"member {name}: learning from the whole dataset")
+                shared[name] = member.fit_shared(parts, fit_config, log, aux_parts=aux_parts)
+        return shared
 
     def applicable_fit_settings(self) -> tuple[str, ...]:
         """Those of its members: the network settings apply as soon as one member trains a network."""
@@ -79,14 +117,30 @@ class EnsembleDetector(Detector):
              log) -> np.ndarray:
         from asd.models.registry import make_detector
 
-        self.members_, self.scales_ = [], []
-        for name in self.config.members:
+        names = self.config.members_for(len(train_clips))
+        if len(names) < len(self.config.members):
+            later = self.config.members[len(names):]
+            log(f"{len(train_clips)} training clips: {', '.join(later)} join{'s' if len(later) == 1 else ''} "
+                f"from {self.config.later_members_min_clips}; {names[0]} alone")
+        members = []
+        for name in names:
             log(f"member {name}: fitting")
-            member = make_detector(name).fit(shard, train_clips, fit_config, log=log)
-            self.members_.append(member)
+            member = make_detector(name)
+            if self.shared_ and name in self.shared_:
+                member.shared_ = self.shared_[name]
+            members.append(member.fit(shard, train_clips, fit_config, log=log))
+        return self.adopt(members, log)
+
+    def adopt(self, members: list[Detector], log=print) -> np.ndarray:
+        """Take fitted members (on the same training clips) and put them on one scale; returns the
+        ensemble's out-of-fold scores. `_fit` ends here; bench/bench_combine_runs.py starts here."""
+        self.members_, self.scales_ = list(members), []
+        for member in self.members_:
             self.scales_.append(out_of_fold_scale(member.decision_scores_["score"].to_numpy()))
-            log(f"member {name}: out-of-fold scores {self.scales_[-1][0]:.4g} ± {self.scales_[-1][1]:.3g}")
+            log(f"member {member.name}: out-of-fold scores {self.scales_[-1][0]:.4g} ± {self.scales_[-1][1]:.3g}")
             self.history_ = self.history_ or list(member.history_)
+        if len(self.members_) == 1:
+            self.scales_ = [(0.0, 1.0)]  # one member: its own scores, so its thresholds and decisions too
         return self._combine([m.decision_scores_["score"].to_numpy() for m in self.members_])
 
     def _score(self, shard: Shard, clip_indices: np.ndarray, device: torch.device) -> np.ndarray:
