@@ -127,6 +127,16 @@ def torch_load_run_config(path) -> dict:
     return read_checkpoint(path)["run_config"]
 
 
+def test_the_default_says_when_it_ignores_an_auxiliary_folder(synth_set, tmp_path) -> None:
+    """On a small set `auto` learns nothing per dataset, so extra classes would be dropped in silence."""
+    result = CliRunner().invoke(main, ["train", "--processed-dir", str(synth_set["processed"]), "--machines", "fan",
+                                       "--aux-processed-dir", str(synth_set["processed"]),
+                                       "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "warning: --aux-processed-dir is ignored: no machine type here has the training clips that auto's " \
+           "learned members need" in result.stderr
+
+
 def test_same_seed_same_scores(synth_set, default_run, tmp_path) -> None:
     result = CliRunner().invoke(main, ["run", "--processed-dir", str(synth_set["processed"]), "--output-dir",
                                        str(tmp_path / "again")])

@@ -142,7 +142,21 @@ def discover_checked(config: RunConfig) -> list[MachineData]:
         if not config.make_detector().learns_per_dataset():
             click.echo(f"warning: --aux-processed-dir is used by the learned models with scope=dataset "
                        f"(embed, twobranch); {config.model} ignores it", err=True)
+        elif not _learns_anything_per_dataset(machines, config):
+            click.echo(f"warning: --aux-processed-dir is ignored: no machine type here has the training clips "
+                       f"that {config.model}'s learned members need", err=True)
     return machines
+
+
+def _learns_anything_per_dataset(machines: list[MachineData], config: RunConfig) -> bool:
+    """Whether some dataset of `machines` gets a shared fit (a damaged shard answers yes: it is reported
+    when its own turn comes, not here)."""
+    from asd.engine.train import shared_groups
+
+    try:
+        return bool(shared_groups(machines, config))
+    except AsdError:
+        return True
 
 
 @dataclass
