@@ -56,12 +56,17 @@ def fit_size_gap(scores: np.ndarray, scores_smaller: np.ndarray, n_full: float, 
     return max(float(np.median(steps)) * ratio, 0.0)
 
 
-def _pooled_sd(groups: list[np.ndarray]) -> float:
-    """Standard deviation of scores around their own group's mean, pooled over groups (1.0 if none)."""
-    dof = sum(len(v) - 1 for v in groups)
-    if dof < 1:
-        return 1.0
-    return float(np.sqrt(sum(((v - v.mean()) ** 2).sum() for v in groups) / dof))
+def within_group_variance(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Variance of ``values`` (``[n]`` or ``[n, d]``, per column) around each group's own mean, pooled over
+    the groups: what the values vary by within one group. Degrees of freedom: values minus groups (at
+    least one, so values that are all alone in their groups give 0)."""
+    values, groups = np.asarray(values, dtype=np.float64), np.asarray(groups)
+    residuals = values.copy()
+    names = np.unique(groups)
+    for name in names:
+        rows = groups == name
+        residuals[rows] -= residuals[rows].mean(axis=0)
+    return (residuals ** 2).sum(axis=0) / max(len(values) - len(names), 1)
 
 
 @dataclass
@@ -80,7 +85,11 @@ class DomainCalibration:
         groups = {(section, domain): own[(sections == section) & (domain_column(domains) == j)]
                   for section in sorted(set(sections.tolist())) for j, domain in enumerate(DOMAINS)}
         groups = {key: v[np.isfinite(v)] for key, v in groups.items()}
-        pooled_sd = _pooled_sd([v for v in groups.values() if len(v) >= 2])
+        finite = np.isfinite(own)
+        labels = np.char.add(sections, "/" + domain_column(domains).astype(str))[finite]
+        # the spread within a section x domain, pooled over all of them (1.0 if no group has two scores)
+        pooled_sd = float(np.sqrt(within_group_variance(own[finite], labels))) \
+            if finite.sum() > len(np.unique(labels)) else 1.0
         self.stats_ = {}
         keys = [*sorted(set(sections.tolist())), ALL_SECTIONS] if len(raw_oof) else []
         for section in keys:

@@ -40,7 +40,7 @@ from asd.cache.shard import Shard
 from asd.dataset.layout import DOMAINS
 from asd.models.augment import points_between
 from asd.models.base import Detector, FitConfig
-from asd.models.calibration import DomainCalibration, domain_column, fit_size_gap
+from asd.models.calibration import DomainCalibration, domain_column, fit_size_gap, within_group_variance
 from asd.models.fold_networks import assign_folds
 from asd.models.pooling import pooled_features
 
@@ -135,12 +135,7 @@ def pooled_group_variance(features: np.ndarray, sections: np.ndarray, domains: n
     pooled over the groups (degrees of freedom: clips minus groups): what the machine type's normal clips
     vary by within one operating condition, estimated from all of them at once."""
     groups = np.char.add(np.asarray(sections).astype(str), "/" + np.asarray(domains).astype(str))
-    residuals = features.astype(np.float64).copy()
-    for group in np.unique(groups):
-        rows = groups == group
-        residuals[rows] -= residuals[rows].mean(axis=0)
-    dof = max(len(features) - len(np.unique(groups)), 1)
-    return (residuals ** 2).sum(axis=0) / dof + reg_covar
+    return within_group_variance(features, groups) + reg_covar
 
 
 def _fit_groups(features: np.ndarray, sections: np.ndarray, domains: np.ndarray, cfg: GmmDetectorConfig,
