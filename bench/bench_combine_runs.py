@@ -111,7 +111,7 @@ def main() -> None:
         for folder, config, folds in zip(folders, configs, folds_of, strict=True):
             detector = load_detector(folder.model_path(machine.dataset, machine.machine))
             if folds is not None and isinstance(detector, EmbeddingKnnDetector):
-                detector = refitted(detector, shard, *folds[machine.machine], config)
+                detector = refitted(detector, shard, *folds[machine.key], config)
             members.append(detector)
         names = [c.model for c in configs]
         if any(m.fingerprint_ != members[0].fingerprint_

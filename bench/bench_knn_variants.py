@@ -6,7 +6,8 @@ detector does, from the same networks (no retraining):
 
 * ``mixup<N>``: N synthetic target entries per target clip, on segments between target clips (SMOTE-style);
 * ``density``: each distance divided by the entry's local scale (mean distance to its 5 nearest clips);
-* ``sd<N>``: the calibration's ``min_clips_for_sd`` set to N (a domain with fewer clips borrows a spread).
+* ``sd<N>``: the calibration's ``min_clips_for_sd`` set to N (a domain with fewer clips borrows a spread);
+* ``abs`` / ``rel``: the borrowed spread as it is, or relative to the borrower's mean (``relative_spread``).
 
 Every network embeds each training and test clip once; the folds of the run are rebuilt from its
 configuration (the same deterministic assignment), so each variant's calibration uses distances of clips
@@ -44,10 +45,11 @@ from asd.models.knn_domain import DomainBanks  # noqa: E402
 from asd.run_folder import RunFolder  # noqa: E402
 
 
-def parse_variant(name: str) -> tuple[int, bool, int | None]:
-    """``base``, ``mixup<N>``, ``density``, ``sd<N>`` or a ``+`` of them (``mixup4+density``) ->
-    (target_mixup, density_scaling, min_clips_for_sd or None for the run's own)."""
-    mixup, density, min_clips = 0, False, None
+def parse_variant(name: str) -> tuple[int, bool, int | None, bool | None]:
+    """``base``, ``mixup<N>``, ``density``, ``sd<N>``, ``abs``, ``rel`` or a ``+`` of them
+    (``mixup4+density``) -> (target_mixup, density_scaling, min_clips_for_sd, relative_spread), the last two
+    None for the run's own."""
+    mixup, density, min_clips, relative = 0, False, None, None
     for part in name.split("+"):
         if part.startswith("sd") and part[2:].isdigit():
             min_clips = int(part[2:])
@@ -55,24 +57,28 @@ def parse_variant(name: str) -> tuple[int, bool, int | None]:
             mixup = int(part.removeprefix("mixup") or 4)
         elif part == "density":
             density = True
+        elif part in ("abs", "rel"):
+            relative = part == "rel"
         elif part != "base":
             raise SystemExit(f"unknown variant part {part!r}")
-    return mixup, density, min_clips
+    return mixup, density, min_clips, relative
 
 
 def run_folds(config: RunConfig, machines: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(training clips, fold of each) per machine type, assigned as `fit_shared` / `fit` did."""
+    """(training clips, fold of each) per machine type, keyed by ``dataset/machine`` (two datasets may both
+    have a valve), assigned as `fit_shared` / `fit` did."""
     n = config.make_detector().config.n_networks
-    groups = shared_groups(machines, config)
+    grouped = list(shared_groups(machines, config).values())
+    alone = [[m] for m in machines if not any(m in group for group in grouped)]  # trained in `fit`
     out = {}
-    for group in groups.values() or [[m] for m in machines]:
+    for group in [*grouped, *alone]:
         shards = [Shard(m.train) for m in group]
         parts = [(m.machine, shard, normal_split(shard, config)[0]) for m, shard in zip(group, shards, strict=True)]
-        names = class_names_of(parts, prefixed=bool(groups))
+        names = class_names_of(parts, prefixed=group not in alone)
         folds = assign_folds(names, n, config.fit.seed)
         first = 0
-        for machine, _, clips in parts:
-            out[machine] = (clips, folds[first:first + len(clips)])
+        for machine, (_, _, clips) in zip(group, parts, strict=True):
+            out[machine.key] = (clips, folds[first:first + len(clips)])
             first += len(clips)
     return out
 
@@ -90,9 +96,9 @@ def main() -> None:
     cache = {}
     for machine in machines:  # every network embeds every clip once
         detector = load_detector(folder.model_path(machine.dataset, machine.machine))
-        train, clips = Shard(machine.train), folds_of[machine.machine][0]
+        train, clips = Shard(machine.train), folds_of[machine.key][0]
         tests = [Shard(path) for path in machine.tests]
-        cache[machine.machine] = {
+        cache[machine.key] = {
             "train": [detector._embed(net, train, clips, "cpu") for net in detector.networks_],
             "test": [[detector._embed(net, shard, shard.clips.index.to_numpy(), "cpu") for shard in tests]
                      for net in detector.networks_],
@@ -100,22 +106,24 @@ def main() -> None:
         print(f"embedded {machine.key}", flush=True)
     rows = []
     for variant in variants:
-        mixup, density, min_clips = parse_variant(variant)
+        mixup, density, min_clips, relative = parse_variant(variant)
         start, scored = time.perf_counter(), []
         for machine in machines:
-            item, folds = cache[machine.machine], folds_of[machine.machine][1]
+            item, folds = cache[machine.key], folds_of[machine.key][1]
+            own = item["detector"].config
             sections = item["table"]["section"].to_numpy().astype(str)
             domains = item["table"]["domain"].to_numpy().astype(str)
             banks, raw_by_network = [], []
             for k, embeddings in enumerate(item["train"]):
-                bank = DomainBanks(item["detector"].config.n_source_centroids, config.fit.seed, mixup,
+                bank = DomainBanks(own.n_source_centroids, config.fit.seed, mixup,
                                    density).fit(embeddings, sections, domains)
                 raw = bank.distances(embeddings, sections)
                 raw[folds == k] = bank.held_out(embeddings, sections, domains, folds == k)
                 banks.append(bank)
                 raw_by_network.append(raw)
             calibration, out_of_fold = FoldCalibration.fit(raw_by_network, folds, sections, domains,
-                                                           min_clips or item["detector"].config.min_clips_for_sd)
+                                                           min_clips or own.min_clips_for_sd,
+                                                           own.relative_spread if relative is None else relative)
             thresholds = {(r["section"], r["domain"]): r["threshold"] for r in fit_threshold_table(
                 out_of_fold, sections, domains, config.threshold_method, config.threshold_percentile)}
             for i, shard in enumerate(item["tests"]):
@@ -131,19 +139,38 @@ def main() -> None:
                 scored.append(table)
         seconds = time.perf_counter() - start
         frame = pd.concat(scored, ignore_index=True)
-        rules = rules_for_files(frame["file_name"].tolist(), [p.stem for m in machines for p in m.tests])
-        metrics = metrics_table(frame, rules)
-        normal = frame[frame["label"] == "normal"]
-        rows.append({"variant": variant, "official": dataset_score(frame, rules)["official score"],
-                     "AUC (source)": metrics.get("AUC (source)", metrics.get("AUC")).mean(),
-                     "AUC (target)": metrics["AUC (target)"].mean() if "AUC (target)" in metrics else np.nan,
-                     "flagged source": normal.loc[normal["domain"] != "target", "decision"].mean(),
-                     "flagged target": normal.loc[normal["domain"] == "target", "decision"].mean(),
-                     "banks s": seconds})
+        rows.append({"variant": variant, **_quality(frame, machines), "banks s": seconds})
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="{:.4f}".format), flush=True)
     print(f"\nrun {args.run} ({config.model}, seed {config.fit.seed}; its own official score "
           f"{_official(folder, machines[0].dataset)}):\n"
           + pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format))
+
+
+def _quality(frame: pd.DataFrame, machines: list) -> dict:
+    """Official score per dataset (its own rules), the mean official over machine types (bench_quality's
+    "mean over sets"), the mean AUCs, and the share of normal test clips flagged per domain, overall and per
+    machine type (source / target)."""
+    officials, per_type, aucs = {}, [], []
+    for dataset, part in frame.groupby("dataset", sort=False):
+        stems = [p.stem for m in machines if m.dataset == dataset for p in m.tests]
+        rules = rules_for_files(part["file_name"].tolist(), stems)
+        officials[dataset] = dataset_score(part, rules)["official score"]
+        per_type += [dataset_score(one, rules)["official score"] for _, one in part.groupby("machine")]
+        aucs.append(metrics_table(part, rules))
+    metrics = pd.concat(aucs, ignore_index=True)
+    normal = frame[frame["label"] == "normal"]
+    flagged = normal.assign(target=normal["domain"] == "target").groupby(["dataset", "machine", "target"],
+                                                                        sort=False)["decision"].mean()
+    return {"official": " ".join(f"{v:.4f}" for v in officials.values()),
+            "mean over types": float(np.mean(per_type)),
+            "AUC (source)": metrics.get("AUC (source)", metrics.get("AUC")).mean(),
+            "AUC (target)": metrics["AUC (target)"].mean() if "AUC (target)" in metrics else np.nan,
+            "flagged source": normal.loc[normal["domain"] != "target", "decision"].mean(),
+            "flagged target": normal.loc[normal["domain"] == "target", "decision"].mean(),
+            "flagged per type": " ".join(
+                f"{machine}:" + "/".join(f"{flagged[(dataset, machine, t)]:.0%}" for t in (False, True)
+                                         if (dataset, machine, t) in flagged)
+                for dataset, machine in dict.fromkeys(zip(normal["dataset"], normal["machine"], strict=True)))}
 
 
 def run_config_of(folder: RunFolder) -> RunConfig:

@@ -53,6 +53,39 @@ def test_few_target_clips_borrow_the_source_spread_and_unknown_sections_use_the_
     assert again.stats_ == calibration.stats_ and again.table() == calibration.table()
 
 
+def test_a_relative_spread_scales_the_borrowed_spread_to_the_borrowers_level() -> None:
+    """Distances to the few target clips are ten times smaller than those to the source bank and spread ten
+    times less: borrowed as it is, the source spread hides every target clip; borrowed relative to the
+    target's mean, as many fresh target clips as source clips lie above z = 1.28 (about a tenth)."""
+    rng = np.random.default_rng(2)
+
+    def distances(n_source: int, n_target: int) -> tuple[np.ndarray, np.ndarray]:
+        source = np.column_stack([rng.gamma(16.0, 1.0 / 16, n_source), np.full(n_source, 9.0)])
+        target = np.column_stack([np.full(n_target, 9.0), rng.gamma(16.0, 0.1 / 16, n_target)])
+        return np.concatenate([source, target]), np.array(["source"] * n_source + ["target"] * n_target)
+
+    # 400 target clips (fewer than min_clips_for_sd, so they borrow): their mean is not what is tested here
+    raw, domains = distances(4000, 400)
+    sections = np.array(["00"] * len(raw))
+    relative = DomainCalibration(min_clips_for_sd=1000, relative_spread=True).fit(raw, sections, domains)
+    absolute = DomainCalibration(min_clips_for_sd=1000).fit(raw, sections, domains)
+    mean_s, sd_s, _ = relative.stats_[("00", "source")]
+    mean_t, sd_t, _ = relative.stats_[("00", "target")]
+    assert sd_t == pytest.approx(sd_s * mean_t / mean_s) and absolute.stats_[("00", "target")][1] == sd_s
+    fresh, fresh_domains = distances(4000, 4000)
+    fresh_sections = np.array(["00"] * len(fresh))
+    target = fresh_domains == "target"
+    z = relative.transform(fresh, fresh_sections)
+    source_share, target_share = np.mean(z[~target] > 1.28), np.mean(z[target] > 1.28)
+    assert 0.05 < source_share < 0.2 and target_share == pytest.approx(source_share, abs=0.04)
+    assert np.mean(absolute.transform(fresh, fresh_sections)[target] > 1.28) < 0.01
+    # the setting travels with the checkpoint; a state written before it existed borrows as it is
+    state = relative.state()
+    assert DomainCalibration.from_state(state).relative_spread
+    del state["relative_spread"]
+    assert not DomainCalibration.from_state(state).relative_spread
+
+
 def test_small_sections_take_the_median_and_the_spread_pooled_over_sections() -> None:
     """Five clips per machine ID (MIMII): one odd clip must neither set its section's spread nor drag
     its centre; the spread comes from every section's clips around their own centre."""

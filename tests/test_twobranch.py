@@ -77,7 +77,7 @@ class _RecordingDetector(EmbeddingKnnDetector):
 
     class config_class:  # noqa: N801 - a stand-in config with the fields the base class reads
         n_networks, n_source_centroids, scope, epochs, min_clips_for_sd = 3, 2, "machine", 1, 5
-        target_mixup, density_scaling = 2, True
+        target_mixup, density_scaling, relative_spread = 2, True, True
 
     def __init__(self) -> None:
         super().__init__(self.config_class())

@@ -15,7 +15,9 @@ lands near zero. Statistics from clips a model was fitted on would be biased low
 clips would then be flagged far too often.
 
 A domain with too few out-of-fold scores for a trustworthy spread (``min_clips_for_sd``, e.g. the ten
-DCASE target clips) keeps its own mean and borrows the spread of its section's largest domain. Where every
+DCASE target clips) keeps its own mean and borrows the spread of its section's largest domain; with
+``relative_spread`` (distances, whose spread grows with their level) it borrows the ratio of spread to mean
+and applies it to its own mean. Where every
 domain of a section is that small (MIMII: five clips per machine ID), one odd clip would set the spread and
 drag the mean: such a section takes its median and the spread of all sections' scores around their own
 centres, pooled. A section never seen in training uses the figures pooled over all sections (``"*"``).
@@ -74,6 +76,9 @@ class DomainCalibration:
     """Fitted state: ``stats_`` maps ``(section, domain)`` to ``(mean, sd, n)`` of out-of-fold raw scores."""
 
     min_clips_for_sd: int = 20
+    # A borrowed spread keeps the lender's ratio of spread to mean (for positive scores such as distances:
+    # ten target clips lie closer to their bank than source clips to theirs, and spread less in proportion).
+    relative_spread: bool = False
     stats_: dict[tuple[str, str], tuple[float, float, int]] = field(default_factory=dict)
 
     def fit(self, raw_oof: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> DomainCalibration:
@@ -106,6 +111,9 @@ class DomainCalibration:
                     sd = float(np.std(v, ddof=1))
                 elif len(richest) >= self.min_clips_for_sd:
                     sd = float(np.std(richest, ddof=1))  # e.g. ten target clips borrow the source spread
+                    lender_mean = float(np.mean(richest))
+                    if self.relative_spread and lender_mean > 0 and centre > 0:
+                        sd *= centre / lender_mean
                 else:
                     # Every domain of the section is small (a few clips per machine ID): one odd clip would
                     # set its spread and drag its mean, so take the median and the spread pooled over sections.
@@ -132,12 +140,13 @@ class DomainCalibration:
 
     def state(self) -> dict:
         """Plain values (a checkpoint loads them with ``weights_only=True``)."""
-        return {"min_clips_for_sd": self.min_clips_for_sd,
+        return {"min_clips_for_sd": self.min_clips_for_sd, "relative_spread": self.relative_spread,
                 "stats": [[s, d, *v] for (s, d), v in sorted(self.stats_.items())]}
 
     @classmethod
     def from_state(cls, state: dict) -> DomainCalibration:
-        calibration = cls(int(state["min_clips_for_sd"]))
+        # checkpoints from before relative_spread borrowed the spread as it is
+        calibration = cls(int(state["min_clips_for_sd"]), bool(state.get("relative_spread", False)))
         calibration.stats_ = {(str(s), str(d)): (float(m), float(sd), int(n)) for s, d, m, sd, n in state["stats"]}
         return calibration
 

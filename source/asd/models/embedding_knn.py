@@ -61,8 +61,8 @@ class FoldNetworks:
 
 class EmbeddingKnnDetector(Detector):
     """Base of the learned detectors. The config needs ``n_networks`` (>= 2), ``n_source_centroids``,
-    ``target_mixup``, ``density_scaling``, ``scope`` ("dataset" or "machine"), ``epochs`` and
-    ``min_clips_for_sd``. Fitted state: `networks_`,
+    ``target_mixup``, ``density_scaling``, ``scope`` ("dataset" or "machine"), ``epochs``,
+    ``min_clips_for_sd`` and ``relative_spread``. Fitted state: `networks_`,
     `banks_` (one :class:`DomainBanks` per network), `calibration_`, `class_names_`; `shared_` holds
     networks trained for several machine types before `fit` (see `fit_shared`)."""
 
@@ -169,7 +169,8 @@ class EmbeddingKnnDetector(Detector):
             self.banks_.append(banks)
             raw_by_network.append(raw)
         self.calibration_, out_of_fold = FoldCalibration.fit(raw_by_network, folds, sections, domains,
-                                                             self.config.min_clips_for_sd)
+                                                             self.config.min_clips_for_sd,
+                                                             self.config.relative_spread)
         log("calibration (out-of-fold distances): " + ", ".join(
             f"{row['section']}/{row['domain']}: {row['oof_mean']:.4f} ± {row['oof_sd']:.4f} (n={row['n_oof']})"
             for row in self.calibration_.calibration.table())

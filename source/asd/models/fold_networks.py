@@ -46,13 +46,13 @@ class FoldCalibration:
 
     @classmethod
     def fit(cls, raw_by_network: list[np.ndarray], folds: np.ndarray, sections: np.ndarray, domains: np.ndarray,
-            min_clips_for_sd: int = 20) -> tuple[FoldCalibration, np.ndarray]:
+            min_clips_for_sd: int = 20, relative_spread: bool = False) -> tuple[FoldCalibration, np.ndarray]:
         """From each network's raw scores ``[n, 2]`` of every training clip (out of fold for its own fold,
         in-sample for the others, which only the correlation uses): the fitted calibration and each clip's
         calibrated out-of-fold score ``[n]``."""
         rows = np.arange(len(folds))
         raw_oof = np.stack(raw_by_network)[folds, rows]  # each clip from the network that held it out
-        calibration = DomainCalibration(min_clips_for_sd).fit(raw_oof, sections, domains)
+        calibration = DomainCalibration(min_clips_for_sd, relative_spread).fit(raw_oof, sections, domains)
         out_of_fold = calibration.transform(raw_oof, sections)
         pairs = []
         for k in range(len(raw_by_network)):

@@ -52,7 +52,8 @@ class TwoBranchDetectorConfig:
     target_mixup: int = 0
     density_scaling: bool = False
     n_networks: int = 2  # networks on complementary folds; the test score is their mean
-    min_clips_for_sd: int = 8  # the ten DCASE target clips keep their own spread (see EmbeddingDetectorConfig)
+    min_clips_for_sd: int = 20  # the ten DCASE target clips borrow the source's relative spread (see
+    relative_spread: bool = True  # EmbeddingDetectorConfig)
     scope: str = "dataset"
 
     def __post_init__(self) -> None:
