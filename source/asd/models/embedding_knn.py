@@ -172,7 +172,7 @@ class EmbeddingKnnDetector(Detector):
                                                              self.config.min_clips_for_sd,
                                                              self.config.relative_spread)
         log("calibration (out-of-fold distances): " + ", ".join(
-            f"{row['section']}/{row['domain']}: {row['oof_mean']:.4f} ± {row['oof_sd']:.4f} (n={row['n_oof']})"
+            f"{row['section']}/{row['domain']}: {row['oof_mean']:.4g} ± {row['oof_sd']:.3g} (n={row['n_oof']})"
             for row in self.calibration_.calibration.table())
             + f"; networks' spread factor {self.calibration_.spread:.3f}")
         return out_of_fold
