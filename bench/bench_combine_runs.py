@@ -32,13 +32,12 @@ from asd.cache.store import discover  # noqa: E402
 from asd.engine.config import RunConfig  # noqa: E402
 from asd.engine.test import score_shards  # noqa: E402
 from asd.engine.train import fit_thresholds  # noqa: E402
-from asd.evaluation.metrics import dataset_score, metrics_table  # noqa: E402
 from asd.models.base import Detector  # noqa: E402
 from asd.models.checkpoint import load_detector  # noqa: E402
 from asd.models.embedding_knn import EmbeddingKnnDetector, FoldNetworks  # noqa: E402
 from asd.models.registry import make_detector  # noqa: E402
 from asd.run_folder import RunFolder  # noqa: E402
-from bench_knn_variants import run_config_of, run_folds  # noqa: E402
+from bench_knn_variants import quality, run_config_of, run_folds  # noqa: E402
 
 
 def refitted(detector: EmbeddingKnnDetector, shard: Shard, clips: np.ndarray, folds: np.ndarray,
@@ -66,22 +65,6 @@ def ensemble_of(members: list[Detector], config: RunConfig, min_clips: int) -> D
     ensemble.decision_scores_ = first.decision_scores_.assign(score=scores)
     fit_thresholds(ensemble, config)
     return ensemble
-
-
-def summary(name: str, frames: list[pd.DataFrame], rules: dict[str, str]) -> dict:
-    """Official score (mean over datasets of each one's own), AUCs and flagged shares of one scorer."""
-    frame = pd.concat(frames, ignore_index=True)
-    official, src, tgt = [], [], []
-    for dataset, part in frame.groupby("dataset"):
-        official.append(dataset_score(part, rules[dataset])["official score"])
-        metrics = metrics_table(part, rules[dataset])
-        src.append(metrics.get("AUC (source)", metrics.get("AUC")).mean())
-        tgt.append(metrics["AUC (target)"].mean() if "AUC (target)" in metrics else np.nan)
-    normal = frame[frame["label"] == "normal"]
-    return {"scorer": name, "official": float(np.mean(official)), "AUC (source)": float(np.nanmean(src)),
-            "AUC (target)": float(np.nanmean(tgt)) if np.isfinite(tgt).any() else np.nan,
-            "flagged source": normal.loc[normal["domain"] != "target", "decision"].mean(),
-            "flagged target": normal.loc[normal["domain"] == "target", "decision"].mean()}
 
 
 def main() -> None:
@@ -123,9 +106,11 @@ def main() -> None:
         for name, detector in scorers:
             predictions, rules[machine.dataset] = score_shards(detector, machine, "cpu")
             results.setdefault(name, []).append(predictions)
-            rows.append({"machine": machine.key, **summary(name, [predictions], rules)})
+            rows.append({"machine": machine.key, "scorer": name,
+                         **quality(predictions, rules)})
         print(pd.DataFrame(rows[-len(scorers):]).to_string(index=False, float_format="{:.4f}".format), flush=True)
-    overall = pd.DataFrame([summary(name, frames, rules) for name, frames in results.items()])
+    overall = pd.DataFrame([{"scorer": name, **quality(pd.concat(frames, ignore_index=True), rules)}
+                            for name, frames in results.items()])
     print(f"\nall machine types (later members from {min_clips} training clips"
           + (", learned members refitted" if args.refit else "") + "):\n"
           + overall.to_string(index=False, float_format="{:.4f}".format))

@@ -139,32 +139,35 @@ def main() -> None:
                 scored.append(table)
         seconds = time.perf_counter() - start
         frame = pd.concat(scored, ignore_index=True)
-        rows.append({"variant": variant, **_quality(frame, machines), "banks s": seconds})
+        rules = {dataset: rules_for_files(part["file_name"].tolist(),
+                                          [p.stem for m in machines if m.dataset == dataset for p in m.tests])
+                 for dataset, part in frame.groupby("dataset")}
+        rows.append({"variant": variant, **quality(frame, rules), "banks s": seconds})
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="{:.4f}".format), flush=True)
     print(f"\nrun {args.run} ({config.model}, seed {config.fit.seed}; its own official score "
           f"{_official(folder, machines[0].dataset)}):\n"
           + pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format))
 
 
-def _quality(frame: pd.DataFrame, machines: list) -> dict:
-    """Official score per dataset (its own rules), the mean official over machine types (bench_quality's
-    "mean over sets"), the mean AUCs, and the share of normal test clips flagged per domain, overall and per
-    machine type (source / target)."""
-    officials, per_type, aucs = {}, [], []
+def quality(frame: pd.DataFrame, rules: dict[str, str]) -> dict:
+    """What a scorer's predictions ``frame`` (several datasets and machine types; ``rules`` per dataset)
+    are worth: the official score (each dataset under its own rules; their mean, and each one where there
+    are several), the mean official over machine types (bench_quality's "mean over sets"), the mean AUCs,
+    and the share of normal test clips flagged per domain, overall and per machine type (source / target)."""
+    officials, per_type, metrics = {}, [], []
     for dataset, part in frame.groupby("dataset", sort=False):
-        stems = [p.stem for m in machines if m.dataset == dataset for p in m.tests]
-        rules = rules_for_files(part["file_name"].tolist(), stems)
-        officials[dataset] = dataset_score(part, rules)["official score"]
-        per_type += [dataset_score(one, rules)["official score"] for _, one in part.groupby("machine")]
-        aucs.append(metrics_table(part, rules))
-    metrics = pd.concat(aucs, ignore_index=True)
+        officials[dataset] = dataset_score(part, rules[dataset])["official score"]
+        per_type += [dataset_score(one, rules[dataset])["official score"] for _, one in part.groupby("machine")]
+        metrics.append(metrics_table(part, rules[dataset]))
+    table = pd.concat(metrics, ignore_index=True)
     normal = frame[frame["label"] == "normal"]
     flagged = normal.assign(target=normal["domain"] == "target").groupby(["dataset", "machine", "target"],
                                                                         sort=False)["decision"].mean()
-    return {"official": " ".join(f"{v:.4f}" for v in officials.values()),
+    return {"official": float(np.mean(list(officials.values()))),
+            **({"per dataset": " ".join(f"{v:.4f}" for v in officials.values())} if len(officials) > 1 else {}),
             "mean over types": float(np.mean(per_type)),
-            "AUC (source)": metrics.get("AUC (source)", metrics.get("AUC")).mean(),
-            "AUC (target)": metrics["AUC (target)"].mean() if "AUC (target)" in metrics else np.nan,
+            "AUC (source)": table.get("AUC (source)", table.get("AUC")).mean(),
+            "AUC (target)": table["AUC (target)"].mean() if "AUC (target)" in table else np.nan,
             "flagged source": normal.loc[normal["domain"] != "target", "decision"].mean(),
             "flagged target": normal.loc[normal["domain"] == "target", "decision"].mean(),
             "flagged per type": " ".join(
