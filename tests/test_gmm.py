@@ -82,8 +82,8 @@ def test_a_clip_from_the_fitted_distribution_scores_lower_than_one_far_from_it()
     far = np.full((1, 2, d), -6.0)
     one_view_off = np.zeros((1, 2, d))
     one_view_off[0, 1] = 8.0  # normal under r=0, far off under r=1: the larger surprise wins
-    scores = detector.score_features(np.concatenate([typical_source, typical_target, far, one_view_off]),
-                                     np.array(["00"] * 4))
+    clips = np.concatenate([typical_source, typical_target, far, one_view_off])
+    scores = detector.score_views([clips[:, 0], clips[:, 1]], np.array(["00"] * 4))
     assert scores[2] > max(scores[0], scores[1]) + 5
     assert scores[3] > max(scores[0], scores[1]) + 5
     assert (scores > 0).all()  # surprises are positive: the DCASE gamma threshold applies
@@ -164,6 +164,21 @@ def test_out_of_fold_thresholds_flag_about_the_aimed_share_of_unseen_normal_clip
     train = Shard(fan / "train.h5")
     in_sample = detector.score_clips(train, train.clips.index[train.clips["label"] != "anomaly"].to_numpy())
     assert np.median(in_sample) < np.median(detector.decision_scores_["score"])  # seen clips look more normal
+
+
+def test_a_checkpoint_from_before_the_spectrum_views_scores_with_its_log_mel_views_alone(fan: Path) -> None:
+    shard = Shard(fan / "train.h5")
+    normal = shard.clips.index[shard.clips["label"] != "anomaly"].to_numpy()
+    mel_only = GmmDetector(GmmDetectorConfig(spectrum_poolings=())).fit(shard, normal, FitConfig(seed=0),
+                                                                       log=lambda line: None)
+    state = mel_only._state()
+    del state["spectrum_poolings"], state["spectrum_n_fft"]  # what an older checkpoint holds
+    old = GmmDetector()  # today's config: a spectrum view; the state decides what was fitted
+    old._load_state(state)
+    assert old.spectrum_poolings_ == () and old.view_names() == [f"log-mel r={r:g}" for r in old.poolings_]
+    test = Shard(fan / "test.h5")
+    np.testing.assert_array_equal(old._score(test, test.clips.index.to_numpy(), "cpu"),
+                                  mel_only._score(test, test.clips.index.to_numpy(), "cpu"))
 
 
 def test_config_is_validated() -> None:

@@ -37,7 +37,10 @@ def load_clip_waveforms(shard: Shard, clip_indices: np.ndarray, length: int) -> 
     n_samples = shard.clips["n_samples"].to_numpy()
 
     def finish(clip: int, whole: np.ndarray) -> None:
-        out[position[clip]] = np.take(whole, np.arange(length) % len(whole))  # wrapped, never zero-padded
+        if len(whole) == length:
+            out[position[clip]] = whole
+        else:
+            out[position[clip]] = np.take(whole, np.arange(length) % len(whole))  # wrapped, never zero-padded
 
     current, whole = -1, np.zeros(0, dtype=np.int16)
     for first in range(0, len(rows), 512):  # bounded memory: 512 segments at a time; rows hold whole clips

@@ -1,28 +1,32 @@
-"""A fast statistical detector: pooled log-mel spectra + Gaussian mixtures (the TWFR-GMM family, SPEC §6).
+"""A fast statistical detector: pooled log-mel and short-time spectra + Gaussian mixtures (TWFR-GMM family, SPEC §6).
 
 No neural network; a DCASE-size machine type trains and scores in seconds on a CPU.
 
-1. Features (:mod:`asd.models.pooling`): each clip's log-mel is pooled over time per mel band by global
-   weighted ranking pooling, once for every ``r`` in ``poolings`` (``r = 0`` max ... ``r = 1`` mean).
-2. Models: per ``r``, section and training domain, a diagonal Gaussian mixture of the normal training
+1. Features, one *view* of the clip per pooling: its log-mel pooled over time per mel band by global
+   weighted ranking pooling (:mod:`asd.models.pooling`), once for every ``r`` in ``poolings`` (``r = 0``
+   max ... ``r = 1`` mean); its short-time log power spectrum (32 ms frames 8 ms apart, from the cached
+   waveform: :mod:`asd.models.short_spectrum`), once for every ``r`` in ``spectrum_poolings``.
+2. Models: per view, section and training domain, a diagonal Gaussian mixture of the normal training
    clips; its number of components is chosen by BIC (from 1, 2, 4, ... up to ``max_components``, at most
    one component per ``min_clips_per_component`` clips), so a source domain that mixes several operating
    conditions gets several components while the ten target clips get one. Every mixture's variances are
    shrunk towards the machine type's within-group variance (all sections and domains, each around its own
    mean), so ten target clips, or five clips of one machine ID, do not estimate 128 variances alone.
-3. Calibration (:mod:`asd.models.calibration`): per ``r``, a clip's raw scores are its negative
+3. Calibration (:mod:`asd.models.calibration`): per view, a clip's raw scores are its negative
    log-likelihoods under its section's source and target mixtures. Each domain's are standardised with the
    out-of-fold figures of that domain's own normal clips: source clips scored by mixtures refitted without
    their fold (k folds, stratified by section and domain), target clips by a target mixture refitted
    without them (leave-one-out; there are ten), both lowered by the measured cost of refitting on fewer
-   clips (``fit_size_correction``). The smallest z over the domains is the ``r``'s calibrated score, so a
+   clips (``fit_size_correction``). The smallest z over the domains is the view's calibrated score, so a
    normal clip of either domain lands near zero whatever its domain (which DCASE evaluation names hide).
-4. Combining the poolings without choosing one with test labels: each ``r``'s calibrated score becomes a
+4. Combining the views without choosing one with test labels: each view's calibrated score becomes a
    surprise ``-log P(Z > z)`` under a standard normal (positive, so the DCASE gamma threshold applies), and
-   the clip's score is the largest surprise over ``r``: a clip is as anomalous as its most anomalous view.
+   the clip's score is the largest surprise over the views: a clip is as anomalous as its most anomalous
+   view.
 
-Fitted state: ``poolings_``, ``models_`` (one :class:`DiagonalGmm` per r x section x domain) and
-``calibrations_`` (one :class:`~asd.models.calibration.DomainCalibration` per r).
+Fitted state: ``poolings_``, ``spectrum_poolings_``, ``spectrum_n_fft_``, ``models_`` (one
+:class:`DiagonalGmm` per view x section x domain; the log-mel views first) and ``calibrations_`` (one
+:class:`~asd.models.calibration.DomainCalibration` per view).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from asd.models.base import Detector, FitConfig
 from asd.models.calibration import DomainCalibration, domain_column, fit_size_gap, within_group_variance
 from asd.models.fold_networks import assign_folds
 from asd.models.pooling import pooled_features
+from asd.models.short_spectrum import pooled_spectra
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class GmmDetectorConfig:
     """Settings of :class:`GmmDetector`; the same for every machine type (first-shot rule)."""
 
     poolings: tuple[float, ...] = (0.0, 0.5, 0.9, 0.99, 1.0)  # GWRP r values, combined as described above
+    # GWRP r values of the short-time spectrum views (() turns them off): its maximum over 8 ms steps
+    # catches clicks and knocks (docs/quality.md, "Short-time spectrum view").
+    spectrum_poolings: tuple[float, ...] = (0.0,)
+    spectrum_n_fft: int = 512  # STFT frame of the spectrum views, in samples (hop: a quarter of it)
     max_components: int = 8
     min_clips_per_component: int = 4
     reg_covar: float = 1e-3  # added to every variance (dB² units)
@@ -68,10 +77,15 @@ class GmmDetectorConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "poolings", tuple(float(r) for r in self.poolings))
+        object.__setattr__(self, "spectrum_poolings", tuple(float(r) for r in self.spectrum_poolings))
         if self.target_mixup < 0:
             raise ValueError(f"target_mixup must be >= 0, got {self.target_mixup}")
         if not self.poolings or any(not 0.0 <= r <= 1.0 for r in self.poolings):
             raise ValueError(f"poolings must be r values in [0, 1], got {self.poolings}")
+        if any(not 0.0 <= r <= 1.0 for r in self.spectrum_poolings):
+            raise ValueError(f"spectrum_poolings must be r values in [0, 1], got {self.spectrum_poolings}")
+        if self.spectrum_n_fft < 16:
+            raise ValueError(f"spectrum_n_fft must be at least 16 samples, got {self.spectrum_n_fft}")
         if self.max_components < 1 or self.min_clips_per_component < 1 or self.folds < 2:
             raise ValueError("max_components and min_clips_per_component must be >= 1, folds >= 2")
 
@@ -245,20 +259,35 @@ class GmmDetector(Detector):
     def __init__(self, config: GmmDetectorConfig = GmmDetectorConfig()) -> None:
         super().__init__(config)
         self.poolings_: tuple[float, ...] = ()
-        self.models_: list[dict[tuple[str, str], DiagonalGmm]] = []  # one dict per pooling
-        self.calibrations_: list[DomainCalibration] = []  # one per pooling
+        self.spectrum_poolings_: tuple[float, ...] = ()
+        self.spectrum_n_fft_ = 0
+        self.models_: list[dict[tuple[str, str], DiagonalGmm]] = []  # one dict per view
+        self.calibrations_: list[DomainCalibration] = []  # one per view
+
+    def view_names(self) -> list[str]:
+        """One name per view, in the order of ``models_``: ``log-mel r=0``, ..., ``spectrum r=0``, ..."""
+        return [f"log-mel r={r:g}" for r in self.poolings_] + [f"spectrum r={r:g}" for r in self.spectrum_poolings_]
+
+    def views(self, shard: Shard, clip_indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The clips' indices, sorted, and one feature matrix ``[n, d]`` per view, in that order."""
+        clips, mels = pooled_features(shard, segment_rows_of(shard, clip_indices), self.poolings_)
+        views = [mels[:, i] for i in range(len(self.poolings_))]
+        if self.spectrum_poolings_:
+            spectra = pooled_spectra(shard, clips, self.spectrum_n_fft_, self.spectrum_poolings_)
+            views += [spectra[:, i] for i in range(len(self.spectrum_poolings_))]
+        return clips, views
 
     # --- fitting -----------------------------------------------------------------------------------
     def _fit(self, shard: Shard, train_clips: np.ndarray, fit_config: FitConfig, device: torch.device,
              log) -> np.ndarray:
         cfg = self.config
-        clips, features = pooled_features(shard, segment_rows_of(shard, train_clips), cfg.poolings)
+        self.poolings_, self.spectrum_poolings_ = cfg.poolings, cfg.spectrum_poolings
+        self.spectrum_n_fft_ = cfg.spectrum_n_fft
+        clips, views = self.views(shard, train_clips)
         sections = shard.clips["section"].to_numpy().astype(str)[clips]
         domains = np.asarray(DOMAINS)[domain_column(shard.clips["domain"].to_numpy()[clips])]
-        self.poolings_ = cfg.poolings
         self.models_, self.calibrations_, calibrated = [], [], []
-        for i, r in enumerate(cfg.poolings):
-            x = features[:, i]
+        for name, x in zip(self.view_names(), views, strict=True):
             models = _fit_groups(x, sections, domains, cfg, fit_config.seed)
             raw = domain_nll(models, x, sections)  # the other domain's mixture never saw the clip
             own = domain_column(domains)
@@ -269,28 +298,29 @@ class GmmDetector(Detector):
             self.models_.append(models)
             self.calibrations_.append(calibration)
             calibrated.append(calibration.transform(raw, sections))
-            log(f"r={r:g}: components " + ", ".join(f"{s}/{d}={m.n_components}" for (s, d), m in models.items())
+            log(f"{name}: components " + ", ".join(f"{s}/{d}={m.n_components}" for (s, d), m in models.items())
                 + "; out-of-fold NLL " + ", ".join(f"{s}/{d}: {m:.1f} ± {sd:.1f} (n={n})"
                                                    for (s, d), (m, sd, n) in calibration.stats_.items()))
         return _largest_surprise(calibrated)
 
     # --- scoring -----------------------------------------------------------------------------------
-    def score_features(self, features: np.ndarray, sections: np.ndarray) -> np.ndarray:
-        """Anomaly score of clips from their pooled features ``[n, len(poolings), n_mels]``."""
+    def score_views(self, views: list[np.ndarray], sections: np.ndarray) -> np.ndarray:
+        """Anomaly score of clips from their views (one ``[n, d]`` per view, in the order of :meth:`view_names`)."""
         sections = np.asarray(sections).astype(str)
-        return _largest_surprise([calibration.transform(domain_nll(models, features[:, i], sections), sections)
-                                  for i, (models, calibration) in enumerate(zip(self.models_, self.calibrations_,
-                                                                                strict=True))])
+        return _largest_surprise([calibration.transform(domain_nll(models, x, sections), sections)
+                                  for x, models, calibration in zip(views, self.models_, self.calibrations_,
+                                                                    strict=True)])
 
     def _score(self, shard: Shard, clip_indices: np.ndarray, device: torch.device) -> np.ndarray:
-        clips, features = pooled_features(shard, segment_rows_of(shard, clip_indices), self.poolings_)
-        sections = shard.clips["section"].to_numpy().astype(str)[clips]
-        return self.score_features(features, sections)
+        clips, views = self.views(shard, clip_indices)
+        return self.score_views(views, shard.clips["section"].to_numpy().astype(str)[clips])
 
     # --- checkpoint --------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "poolings": list(self.poolings_),
+            "spectrum_poolings": list(self.spectrum_poolings_),
+            "spectrum_n_fft": int(self.spectrum_n_fft_),
             "models": [[{"section": s, "domain": d, **m.state()} for (s, d), m in models.items()]
                        for models in self.models_],
             "calibrations": [calibration.state() for calibration in self.calibrations_],
@@ -298,11 +328,14 @@ class GmmDetector(Detector):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.poolings_ = tuple(float(r) for r in state["poolings"])
+        # checkpoints from before the spectrum views have none
+        self.spectrum_poolings_ = tuple(float(r) for r in state.get("spectrum_poolings", ()))
+        self.spectrum_n_fft_ = int(state.get("spectrum_n_fft", 0))
         self.models_ = [{(g["section"], g["domain"]): DiagonalGmm.from_state(g) for g in groups}
                         for groups in state["models"]]
         self.calibrations_ = [DomainCalibration.from_state(c) for c in state["calibrations"]]
 
 
 def _largest_surprise(calibrated: list[np.ndarray]) -> np.ndarray:
-    """The largest surprise ``-log P(Z > z)`` over the poolings' calibrated scores (each ``[n]``)."""
+    """The largest surprise ``-log P(Z > z)`` over the views' calibrated scores (each ``[n]``)."""
     return np.max(-scipy.stats.norm.logsf(np.stack(calibrated)), axis=0)
