@@ -48,6 +48,22 @@ def test_pooled_spectra_equal_a_direct_stft_of_the_wav_files(tmp_path: Path) -> 
     np.testing.assert_allclose(pooled_spectra(shard, clips, n_fft=256, rs=(0.0,))[:, 0], features[:, 0], atol=1e-3)
 
 
+def test_a_clip_shorter_than_one_frame_is_repeated_to_fill_it(tmp_path: Path) -> None:
+    """data_prep keeps a 10 ms clip (zero-padded to one segment, with a note); its spectrum must not fail."""
+    raw = tmp_path / "raw" / "fan"
+    short = write_wav(raw / "train" / dcase2024_name(0, "source", "train", "normal", 1), seconds=0.01)
+    write_wav(raw / "train" / dcase2024_name(0, "source", "train", "normal", 2), seconds=1.0, seed=2)
+    run_prep(PrepConfig(raw_dir=str(tmp_path / "raw"), out_dir=str(tmp_path / "processed"), jobs=1),
+             show_progress=False)
+    shard = Shard(next((tmp_path / "processed").rglob("train.h5")))
+    assert sorted(shard.clips["n_samples"]) == [len(short), 16000]
+    features = pooled_spectra(shard, shard.clips.index.to_numpy(), n_fft=512, rs=(0.0,))
+    assert features.shape == (2, 1, 257) and np.isfinite(features).all()
+    first = int(np.flatnonzero(shard.clips["n_samples"].to_numpy() == len(short))[0])
+    repeated = np.resize(short.astype(np.float64) / 32768, 512)
+    np.testing.assert_allclose(features[first, 0], direct_log_spectrum(repeated, 512).max(axis=1), atol=0.02)
+
+
 @pytest.mark.parametrize("value", [(0.0, 1.5), 8])
 def test_spectrum_settings_are_validated(value) -> None:
     from asd.models.gmm import GmmDetectorConfig

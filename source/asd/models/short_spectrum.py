@@ -23,11 +23,12 @@ BATCH_CLIPS = 32  # clips read from the cache at once (10 MB of int16 for 10 s c
 def pooled_spectra(shard: Shard, clip_indices: np.ndarray, n_fft: int, rs: tuple[float, ...]) -> np.ndarray:
     """GWRP features of each clip's short-time log power spectrum (dB):
     ``[len(clip_indices), len(rs), n_fft // 2 + 1]``, in the order of ``clip_indices``. Every clip is
-    transformed whole, at its own length; memory is bounded by a batch of clips."""
+    transformed whole, at its own length (one shorter than a frame is repeated to fill it, as
+    :func:`~asd.models.clip_crops.load_clip_waveforms` does); memory is bounded by a batch of clips."""
     import torch
 
     clip_indices = np.asarray(clip_indices, dtype=np.int64)
-    lengths = shard.clips["n_samples"].to_numpy()[clip_indices]
+    lengths = np.maximum(shard.clips["n_samples"].to_numpy()[clip_indices], n_fft)
     out = np.empty((len(clip_indices), len(rs), n_fft // 2 + 1))
     window = torch.hann_window(n_fft)
     maximum_only = all(r == 0.0 for r in rs)
