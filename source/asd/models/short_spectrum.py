@@ -1,8 +1,8 @@
 """A second clip-level feature: the short-time log power spectrum of the cached waveform, pooled over time.
 
-The log-mel of the cache has 64 ms frames 32 ms apart and mel bands over 100 Hz wide above 2 kHz; a
-valve's click or a slider's knock lasts a few milliseconds, and averaging it into those frames and bands
-hides most of it. Here the clip's whole int16 waveform (rebuilt from its cached segments) goes through a
+The log-mel of the cache has 64 ms frames 32 ms apart and mel bands about 100 Hz wide at 2 kHz, wider
+above; a click of a few milliseconds (a valve closing, a slide stopping) is averaged into those frames and
+bands. Here the clip's whole int16 waveform (rebuilt from its cached segments) goes through a
 short STFT (``n_fft`` samples with a Hann window, hop ``n_fft // 4``: 32 ms frames 8 ms apart, 31 Hz bins,
 at 16 kHz with the default 512), and each linear frequency bin is pooled over time by GWRP
 (:mod:`asd.models.pooling`); ``r = 0``, its maximum, keeps the click. Measured in docs/quality.md.
