@@ -104,15 +104,10 @@ def hann_window(n_fft: int) -> np.ndarray:
     return window
 
 
-def mel_power(waves: np.ndarray, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, power: float,
-              f_min: float = 0.0, f_max: float | None = None, scale: str = "slaney",
-              norm: str | None = "slaney") -> np.ndarray:
-    """Mel spectrogram `[n, n_mels, 1 + samples // hop_length]` (float32) of float32 signals
-    `[n, samples]`: what `torchaudio.transforms.MelSpectrogram` returns for the same settings (a transposed
-    view, not contiguous).
-
-    The mel product runs through BLAS: run it with one BLAS thread per worker thread (data_prep sets
-    that with threadpoolctl), or OpenBLAS's own threads fight the workers for the cores."""
+def stft(waves: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """One-sided complex STFT `[n, 1 + samples // hop_length, n_fft // 2 + 1]` (complex64) of float32
+    signals `[n, samples]`: centred frames (reflect padding of n_fft // 2 at both ends), periodic Hann
+    window, as `torch.stft(..., center=True)` computes it."""
     waves = np.asarray(waves, dtype=np.float32)
     half = n_fft // 2
     if waves.shape[-1] <= half:
@@ -123,7 +118,19 @@ def mel_power(waves: np.ndarray, sample_rate: int, n_fft: int, hop_length: int, 
     n_frames = 1 + (padded.shape[1] - n_fft) // hop_length
     frames = np.ndarray((len(padded), n_frames, n_fft), np.float32, padded, 0,
                         (padded.strides[0], hop_length * 4, 4))
-    spectrum = scipy.fft.rfft(frames * hann_window(n_fft), axis=-1, workers=1)  # [n, frames, bins]
+    return scipy.fft.rfft(frames * hann_window(n_fft), axis=-1, workers=1)
+
+
+def mel_power(waves: np.ndarray, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, power: float,
+              f_min: float = 0.0, f_max: float | None = None, scale: str = "slaney",
+              norm: str | None = "slaney") -> np.ndarray:
+    """Mel spectrogram `[n, n_mels, 1 + samples // hop_length]` (float32) of float32 signals
+    `[n, samples]`: what `torchaudio.transforms.MelSpectrogram` returns for the same settings (a transposed
+    view, not contiguous).
+
+    The mel product runs through BLAS: run it with one BLAS thread per worker thread (data_prep sets
+    that with threadpoolctl), or OpenBLAS's own threads fight the workers for the cores."""
+    spectrum = stft(waves, n_fft, hop_length)  # [n, frames, bins]
     if power == 2.0:
         magnitude = np.square(spectrum.real)
         magnitude += np.square(spectrum.imag)
