@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from asd.engine.config import RunConfig
+from asd.errors import BadInput
 from conftest import PROJECT_ROOT
 
 MAIN = str(PROJECT_ROOT / "source" / "main.py")
@@ -51,6 +53,27 @@ def test_run_option_refused_before_any_folder(synth_set, tmp_path, args, option)
     done = run(MAIN, "run", "--processed-dir", synth_set["processed"], "--output-dir", out, *args)
     refused(done, option)
     assert not out.exists()
+
+
+def model_options(model: str, *settings: str) -> dict:
+    """What `--model MODEL --model-option SETTING ...` makes of its settings (no command run)."""
+    options = {"model": model, "epochs": None, "seed": 0, "device": "cpu", "aggregate": "mean",
+               "processed_dir": "data/processed", "machines": (), "val_fraction": 0.1,
+               "threshold_method": "gamma", "threshold_percentile": 90.0, "model_option": settings}
+    return RunConfig.from_options(options).model_options
+
+
+def test_a_list_setting_reads_with_or_without_brackets_and_refuses_a_list_inside() -> None:
+    assert model_options("gmm", "spectrum_poolings=0,0.5") == {"spectrum_poolings": (0, 0.5)}
+    assert model_options("gmm", "spectrum_poolings=[0, 0.5]") == {"spectrum_poolings": (0, 0.5)}
+    assert model_options("gmm", "spectrum_poolings=") == {"spectrum_poolings": ()}
+    assert model_options("ensemble", "members=gmm,embed") == {"members": ("gmm", "embed")}
+    with pytest.raises(BadInput, match=r"--model-option 'spectrum_poolings=\[\[0\]\]': expected comma-sep"):
+        model_options("gmm", "spectrum_poolings=[[0]]")
+    with pytest.raises(BadInput, match=r"--model-option: spectrum_poolings must be r values in \[0, 1\]"):
+        model_options("gmm", "spectrum_poolings=[2]")
+    with pytest.raises(BadInput, match="--model-option: ensemble members must be model names"):
+        model_options("ensemble", "members=gmm,nothing")
 
 
 @pytest.mark.parametrize(("command", "args", "option"), [

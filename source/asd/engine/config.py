@@ -105,10 +105,25 @@ def _parse_model_option(text: str, fields: dict) -> tuple[str, object]:
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             return name, _number(json.loads(raw), type(default))
         if isinstance(default, tuple):
-            return name, _finite(tuple(json.loads(f"[{raw}]")) if raw.strip() else ())
+            return name, _finite(_listed_values(raw))
         return name, raw if default is None or isinstance(default, str) else _finite(json.loads(raw))
     except (ValueError, TypeError) as err:
         raise BadInput(f"--model-option {text!r}: {err}") from None
+
+
+def _listed_values(raw: str) -> tuple:
+    """A list setting's values: `0,0.5` or `[0, 0.5]` (JSON values), `gmm,embed` (words), or nothing at
+    all for an empty list; ValueError for a list inside the list."""
+    text = raw.strip()
+    if not text:
+        return ()
+    try:
+        values = json.loads(text if text.startswith("[") else f"[{text}]")
+    except json.JSONDecodeError:
+        values = [word.strip() for word in text.strip("[]").split(",")]
+    if not isinstance(values, list) or any(isinstance(v, (list, dict)) for v in values):
+        raise ValueError(f"expected comma-separated values such as 0,0.5, not {raw!r}")
+    return tuple(values)
 
 
 def _number(value: object, kind: type) -> int | float:
@@ -143,7 +158,7 @@ def _model_options(model: str, options: dict[str, Any]) -> dict[str, Any]:
         try:
             make_detector(model, **overrides)
         except (ValueError, TypeError) as err:
-            flag = "--members" if set(overrides) == {"members"} else "--model-option"
+            flag = "--model-option" if options.get("model_option") else "--members"
             raise BadInput(f"{flag}: {err}") from None
     return overrides
 
