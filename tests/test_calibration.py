@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from asd.evaluation.thresholds import fit_threshold_table, wilson_interval
 from asd.models.calibration import ALL_SECTIONS, DomainCalibration, fit_size_gap
@@ -84,6 +85,42 @@ def test_a_relative_spread_scales_the_borrowed_spread_to_the_borrowers_level() -
     assert DomainCalibration.from_state(state).relative_spread
     del state["relative_spread"]
     assert not DomainCalibration.from_state(state).relative_spread
+
+
+def test_a_small_domain_keeps_its_own_spread_where_it_is_the_wider_one() -> None:
+    """Ten target clips whose scores spread three times wider than the source's: borrowed, the source
+    spread flags a third of fresh target clips at z = 1.28; kept, about a tenth. Where the target's own
+    spread is the narrower one, or rests on fewer than five scores, the borrowed spread stays."""
+    rng = np.random.default_rng(3)
+
+    def scores(n_source: int, n_target: int, target_sd: float) -> tuple[np.ndarray, np.ndarray]:
+        """Target scores at evenly spaced quantiles: ten random draws would make their spread a lottery."""
+        source = np.column_stack([rng.normal(1.0, 0.1, n_source), np.full(n_source, 99.0)])
+        quantiles = scipy.stats.norm.ppf((np.arange(n_target) + 0.5) / n_target)
+        target = np.column_stack([np.full(n_target, 99.0), 5.0 + target_sd * quantiles])
+        return np.concatenate([source, target]), np.array(["source"] * n_source + ["target"] * n_target)
+
+    raw, domains = scores(990, 10, 0.3)
+    sections = np.array(["00"] * len(raw))
+    wider = DomainCalibration(min_clips_for_sd=20, wider_own_spread=True).fit(raw, sections, domains)
+    borrowed = DomainCalibration(min_clips_for_sd=20).fit(raw, sections, domains)
+    own_sd = np.std(raw[domains == "target", 1], ddof=1)
+    assert wider.stats_[("00", "target")][1] == pytest.approx(own_sd)
+    assert borrowed.stats_[("00", "target")][1] == borrowed.stats_[("00", "source")][1] < own_sd / 2
+    assert wider.stats_[("00", "source")] == borrowed.stats_[("00", "source")]
+    fresh, fresh_domains = scores(0, 4000, 0.3)
+    fresh_sections = np.array(["00"] * len(fresh))
+    assert 0.03 < np.mean(wider.transform(fresh, fresh_sections) > 1.28) < 0.25
+    assert np.mean(borrowed.transform(fresh, fresh_sections) > 1.28) > 0.3
+    for n_target, target_sd in ((10, 0.03), (4, 0.3)):  # narrower, or too few scores: borrowed as before
+        raw, domains = scores(990, n_target, target_sd)
+        calibration = DomainCalibration(min_clips_for_sd=20, wider_own_spread=True).fit(raw, sections[:len(raw)],
+                                                                                         domains)
+        assert calibration.stats_[("00", "target")][1] == calibration.stats_[("00", "source")][1]
+    state = wider.state()
+    assert DomainCalibration.from_state(state).wider_own_spread
+    del state["wider_own_spread"]  # a checkpoint from before the setting
+    assert not DomainCalibration.from_state(state).wider_own_spread
 
 
 def test_small_sections_take_the_median_and_the_spread_pooled_over_sections() -> None:

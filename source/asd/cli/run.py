@@ -50,8 +50,8 @@ def training_options(func):
                      help="Another processed folder (repeatable) whose normal training clips the learned "
                           "models (embed, twobranch) also learn from, as extra classes; never scored."),
         click.option("--members", type=COMMA_LIST, default="", show_default=False,
-                     help="With --model ensemble or auto: its member models, comma-separated (defaults: gmm,ae-maha; "
-                          "auto: gmm,embed)."),
+                     help="With --model ensemble or auto: its member models, comma-separated (default: gmm,embed; "
+                          "auto adds the later members only from 500 training clips per machine type)."),
         click.option("--model-option", "model_option", multiple=True, metavar="FIELD=VALUE",
                      help="Set a field of the model's config (repeatable), e.g. --model-option n_networks=3 "
                           "with --model embed; the fields are listed when one is wrong."),

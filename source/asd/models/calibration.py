@@ -17,7 +17,9 @@ clips would then be flagged far too often.
 A domain with too few out-of-fold scores for a trustworthy spread (``min_clips_for_sd``, e.g. the ten
 DCASE target clips) keeps its own mean and borrows the spread of its section's largest domain; with
 ``relative_spread`` (distances, whose spread grows with their level) it borrows the ratio of spread to mean
-and applies it to its own mean. Where every
+and applies it to its own mean. With ``wider_own_spread`` it keeps its own spread where that is the wider
+one (from five scores on): a model fitted on ten clips scores new clips less evenly than one fitted on a
+thousand, and a borrowed spread then flags that domain's normal clips too often. Where every
 domain of a section is that small (MIMII: five clips per machine ID), one odd clip would set the spread and
 drag the mean: such a section takes its median and the spread of all sections' scores around their own
 centres, pooled. A section never seen in training uses the figures pooled over all sections (``"*"``).
@@ -32,6 +34,7 @@ import numpy as np
 from asd.dataset.layout import DOMAINS
 
 ALL_SECTIONS = "*"  # statistics (and thresholds) pooled over sections: for sections never trained
+MIN_SCORES_FOR_OWN_SPREAD = 5  # fewer scores say too little about their spread to widen a borrowed one
 
 
 def domain_column(domains: np.ndarray) -> np.ndarray:
@@ -79,6 +82,8 @@ class DomainCalibration:
     # A borrowed spread keeps the lender's ratio of spread to mean (for positive scores such as distances:
     # ten target clips lie closer to their bank than source clips to theirs, and spread less in proportion).
     relative_spread: bool = False
+    # A small domain keeps its own spread where it is wider than the borrowed one (see the module docstring).
+    wider_own_spread: bool = False
     stats_: dict[tuple[str, str], tuple[float, float, int]] = field(default_factory=dict)
 
     def fit(self, raw_oof: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> DomainCalibration:
@@ -114,6 +119,8 @@ class DomainCalibration:
                     lender_mean = float(np.mean(richest))
                     if self.relative_spread and lender_mean > 0 and centre > 0:
                         sd *= centre / lender_mean
+                    if self.wider_own_spread and len(v) >= MIN_SCORES_FOR_OWN_SPREAD:
+                        sd = max(sd, float(np.std(v, ddof=1)))
                 else:
                     # Every domain of the section is small (a few clips per machine ID): one odd clip would
                     # set its spread and drag its mean, so take the median and the spread pooled over sections.
@@ -141,12 +148,14 @@ class DomainCalibration:
     def state(self) -> dict:
         """Plain values (a checkpoint loads them with ``weights_only=True``)."""
         return {"min_clips_for_sd": self.min_clips_for_sd, "relative_spread": self.relative_spread,
+                "wider_own_spread": self.wider_own_spread,
                 "stats": [[s, d, *v] for (s, d), v in sorted(self.stats_.items())]}
 
     @classmethod
     def from_state(cls, state: dict) -> DomainCalibration:
-        # checkpoints from before relative_spread borrowed the spread as it is
-        calibration = cls(int(state["min_clips_for_sd"]), bool(state.get("relative_spread", False)))
+        # checkpoints from before relative_spread (or wider_own_spread) borrowed the spread as it is
+        calibration = cls(int(state["min_clips_for_sd"]), bool(state.get("relative_spread", False)),
+                          bool(state.get("wider_own_spread", False)))
         calibration.stats_ = {(str(s), str(d)): (float(m), float(sd), int(n)) for s, d, m, sd, n in state["stats"]}
         return calibration
 

@@ -17,7 +17,8 @@ No neural network; a DCASE-size machine type trains and scores in seconds on a C
    out-of-fold figures of that domain's own normal clips: source clips scored by mixtures refitted without
    their fold (k folds, stratified by section and domain), target clips by a target mixture refitted
    without them (leave-one-out; there are ten), both lowered by the measured cost of refitting on fewer
-   clips (``fit_size_correction``). The smallest z over the domains is the view's calibrated score, so a
+   clips (``fit_size_correction``). The ten target clips borrow the source spread, or keep their own
+   where it is wider (``wider_own_spread``). The smallest z over the domains is the view's calibrated score, so a
    normal clip of either domain lands near zero whatever its domain (which DCASE evaluation names hide).
 4. Combining the views without choosing one with test labels: each view's calibrated score becomes a
    surprise ``-log P(Z > z)`` under a standard normal (positive, so the DCASE gamma threshold applies), and
@@ -67,6 +68,9 @@ class GmmDetectorConfig:
     prior_clips: float = 4.0
     folds: int = 5  # out-of-fold scoring of the source clips, for the calibration (target: leave-one-out)
     min_clips_for_sd: int = 20  # a domain with fewer out-of-fold scores borrows its section's largest spread
+    # ... unless its own is wider: ten target clips' mixture scores new target clips less evenly than a
+    # thousand clips' does source clips (docs/quality.md, "A small domain's own spread").
+    wider_own_spread: bool = True
     # Synthetic target clips per real one, on segments between target clips (SMOTE-style), added before the
     # target mixture is fitted: the ten DCASE target clips then cover the space between them (measured by
     # bench_quality.py --variant; off by default).
@@ -294,7 +298,8 @@ class GmmDetector(Detector):
             raw[np.arange(len(raw)), own] = out_of_fold_nll(x, sections, domains, cfg, fit_config.seed,
                                                             {key: m.n_components for key, m in models.items()})
             raw[np.isnan(raw)] = np.inf  # a domain of one clip: nothing to compare it with
-            calibration = DomainCalibration(cfg.min_clips_for_sd).fit(raw, sections, domains)
+            calibration = DomainCalibration(cfg.min_clips_for_sd, wider_own_spread=cfg.wider_own_spread)
+            calibration.fit(raw, sections, domains)
             self.models_.append(models)
             self.calibrations_.append(calibration)
             calibrated.append(calibration.transform(raw, sections))
